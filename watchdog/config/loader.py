@@ -27,7 +27,7 @@ ENV_PREFIX = "VLLM_WATCHDOG_"
 Loc = tuple[str | int, ...]
 
 
-class _LineMap:
+class LineMap:
     """Maps a path of keys/indexes in a YAML document to the line it starts on (1-based)."""
 
     def __init__(self, node: yaml.Node | None) -> None:
@@ -69,9 +69,9 @@ def _fmt_loc(loc: Sequence[str | int]) -> str:
     return out or "(top level)"
 
 
-def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+def _model_at(loc: Sequence[str | int], root: type[BaseModel] = WatchdogConfig) -> type[BaseModel] | None:
     """The pydantic model class that owns the field at `loc` (for 'known keys' hints)."""
-    model: Any = WatchdogConfig
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue
@@ -87,6 +87,20 @@ def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
             return None
         model = _unwrap(field.annotation)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _is_tag(shown: Sequence[str | int], part: str, root: type[BaseModel]) -> bool:
+    """True when `part` is a discriminated-union tag inserted by pydantic into an error location."""
+    parent = _model_at(shown[:-1], root)
+    if parent is None:
+        return False
+    field = parent.model_fields.get(str(shown[-1]))
+    if field is None:
+        return False
+    ann = _unwrap(field.annotation)
+    return typing.get_origin(ann) in (typing.Union, types.UnionType) and any(
+        _tag_of(m) == part for m in typing.get_args(ann)
+    )
 
 
 def _tag_of(model: Any) -> str | None:
@@ -124,7 +138,10 @@ def _in_doc(data: Any, loc: Sequence[str | int]) -> bool:
     return True
 
 
-def _problem_from_error(err: Mapping[str, Any], file: str, lines: _LineMap, data: Any) -> Problem:
+def problem_from_error(
+    err: Mapping[str, Any], file: str, lines: LineMap, data: Any, root: type[BaseModel] = WatchdogConfig
+) -> Problem:
+    """One pydantic error as a `file:line: field: message (fix)` Problem."""
     loc: Loc = tuple(err.get("loc", ()))
     kind = err.get("type", "")
     msg = str(err.get("msg", "invalid"))
@@ -132,7 +149,7 @@ def _problem_from_error(err: Mapping[str, Any], file: str, lines: _LineMap, data
     # drop discriminated-union tags from the displayed path
     shown: list[str | int] = []
     for p in loc:
-        if isinstance(p, str) and p in ("docker", "systemd", "process") and shown and shown[-1] == "runtime":
+        if shown and isinstance(p, str) and isinstance(shown[-1], str) and _is_tag(shown, p, root):
             continue
         shown.append(p)
     line, _ = lines.line_for(loc)
@@ -140,7 +157,7 @@ def _problem_from_error(err: Mapping[str, Any], file: str, lines: _LineMap, data
     if kind != "missing" and not _in_doc(data, loc) and os.environ.get(_env_name(loc)) is not None:
         source, line = f"environment {_env_name(loc)}", None
     if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        parent = _model_at(loc[:-1], root)
         known = sorted(parent.model_fields) if parent else []
         name = str(shown[-1]) if shown else ""
         close = difflib.get_close_matches(name, known, n=1)
@@ -219,11 +236,11 @@ def load_text(text: str, *, file: str = "<config>", base_dir: Path | None = None
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, 1, "(top level)", "must be a mapping", "start with 'targets:'")])
-    lines = _LineMap(node)
+    lines = LineMap(node)
     try:
         cfg: WatchdogConfig = WatchdogSettings(**data)
     except ValidationError as e:
-        problems = [_problem_from_error(err, file, lines, data) for err in e.errors(include_input=False)]
+        problems = [problem_from_error(err, file, lines, data) for err in e.errors(include_input=False)]
         raise ConfigError(problems) from None
     _resolve_paths(cfg, base_dir or Path.cwd())
     return cfg
@@ -241,4 +258,4 @@ def load_file(path: Path | str) -> WatchdogConfig:
     return load_text(text, file=str(p), base_dir=p.resolve().parent)
 
 
-__all__ = ["ENV_PREFIX", "WatchdogSettings", "load_file", "load_text"]
+__all__ = ["ENV_PREFIX", "LineMap", "WatchdogSettings", "load_file", "load_text", "problem_from_error"]

@@ -1,0 +1,361 @@
+"""Remediation actions: restart, start, stop, recreate, set_config, rollback_config, prune, http_call,
+exec, notify, escalate. Stage: remediate (act).
+
+Each action is one async function over an `ActionContext` and returns an ActionResult with a reason.
+Actions that change more than one thing write *checkpoints* to the durable ledger between their phases
+(e.g. "config_written" before "restart issued"), so a daemon killed in between completes the step exactly
+once after it comes back. Actions must never decide whether to run (guards do) and never log a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from watchdog.clock import Clock
+from watchdog.config.models import ConfigFileRef
+from watchdog.model import ActionOutcome, ActionResult, Incident
+from watchdog.protocols import Runtime
+from watchdog.remediation import policy as P
+
+
+@dataclass
+class TargetHandle:
+    """What actions may touch for one target (built by the composition root)."""
+
+    name: str
+    runtime: Runtime | None
+    config_files: Mapping[str, ConfigFileRef]
+    verify_ready: Callable[[], Awaitable[bool]]
+    on_restarted: Callable[[], None] = lambda: None
+    stop_timeout_s: float = 10.0
+    http: httpx.AsyncClient | None = None
+
+
+@dataclass
+class ActionContext:
+    target: TargetHandle
+    incident: Incident
+    step: Any  # one of the policy step models
+    clock: Clock
+    state_dir: Path
+    phase: str = "started"  # where a resumed attempt left off
+    details: dict[str, Any] = field(default_factory=dict)  # checkpointed details of a resumed attempt
+    checkpoint: Callable[[str, Mapping[str, Any]], None] = lambda phase, details: None
+    resolve_secret: Callable[[str | None, Path | None, str], str | None] = lambda env, file, fld: None
+
+
+def _ok(action: str, reason: str, **details: Any) -> ActionResult:
+    return ActionResult(action=action, outcome=ActionOutcome.OK, reason=reason, details=details)
+
+
+def _fail(action: str, reason: str, **details: Any) -> ActionResult:
+    return ActionResult(action=action, outcome=ActionOutcome.FAILED, reason=reason, details=details)
+
+
+def _runtime(ctx: ActionContext, action: str) -> Runtime | ActionResult:
+    if ctx.target.runtime is None:
+        return _fail(action, f"target '{ctx.target.name}' has no runtime configured: nothing to {action}")
+    return ctx.target.runtime
+
+
+async def _guarded(action: str, coro: Awaitable[ActionResult]) -> ActionResult:
+    try:
+        return await coro
+    except Exception as e:  # an adapter failure is a failed action with a reason, never a crash
+        return _fail(action, f"{e.__class__.__name__}: {str(e)[:300]}")
+
+
+async def do_restart(ctx: ActionContext) -> ActionResult:
+    rt = _runtime(ctx, "restart")
+    if isinstance(rt, ActionResult):
+        return rt
+    timeout = ctx.step.timeout_s if getattr(ctx.step, "timeout_s", None) is not None else ctx.target.stop_timeout_s
+    try:  # an exited container is started, not restarted
+        st = await rt.state()
+    except Exception as e:
+        return _fail("restart", f"cannot read the runtime state: {e.__class__.__name__}: {str(e)[:200]}")
+    if st.state.value in ("exited", "missing"):
+        res = await _guarded("restart", rt.start())
+    else:
+        res = await _guarded("restart", rt.restart(timeout_s=timeout))
+    if res.ok:
+        ctx.target.on_restarted()
+    return ActionResult("restart", res.outcome, res.reason, res.details)
+
+
+async def do_start(ctx: ActionContext) -> ActionResult:
+    rt = _runtime(ctx, "start")
+    if isinstance(rt, ActionResult):
+        return rt
+    res = await _guarded("start", rt.start())
+    if res.ok:
+        ctx.target.on_restarted()
+    return res
+
+
+async def do_stop(ctx: ActionContext) -> ActionResult:
+    rt = _runtime(ctx, "stop")
+    if isinstance(rt, ActionResult):
+        return rt
+    timeout = ctx.step.timeout_s if getattr(ctx.step, "timeout_s", None) is not None else ctx.target.stop_timeout_s
+    return await _guarded("stop", rt.stop(timeout_s=timeout))
+
+
+async def _recreate(ctx: ActionContext, env: Mapping[str, str] | None, action: str) -> ActionResult:
+    rt = _runtime(ctx, action)
+    if isinstance(rt, ActionResult):
+        return rt
+    res = await _guarded(action, rt.recreate(env=env, timeout_s=ctx.target.stop_timeout_s))
+    if not res.ok:
+        return res
+    ctx.target.on_restarted()
+    if env:
+        try:
+            eff = await rt.effective_env()
+        except Exception as e:
+            return _fail(action, f"re-created, but the running environment cannot be read: {e.__class__.__name__}")
+        wrong = {k: eff.get(k) for k, v in env.items() if eff.get(k) != v}
+        if wrong:
+            return _fail(action, f"re-created, but the server does not run with the new values: {sorted(wrong)}",
+                         expected=dict(env), running={k: eff.get(k) for k in env})
+        return _ok(action, "re-created; the running server uses the new values", env=dict(env))
+    return res
+
+
+async def do_recreate(ctx: ActionContext) -> ActionResult:
+    return await _recreate(ctx, None, "recreate")
+
+
+def _config_ref(ctx: ActionContext, name: str) -> ConfigFileRef | None:
+    return ctx.target.config_files.get(name)
+
+
+async def do_set_config(ctx: ActionContext) -> ActionResult:
+    from watchdog.remediation import config_edit as CE
+
+    step: P.SetConfigStep = ctx.step
+    ref = _config_ref(ctx, step.config)
+    if ref is None:
+        return _fail("set_config", f"target '{ctx.target.name}' has no config file named '{step.config}'")
+    if ctx.phase == "started":
+        cfile = CE.ConfigFile(path=ref.path, format=ref.format)
+        edits = [CE.Edit(setting=e.setting, op=e.op, value=e.value, floor=e.floor, ceiling=e.ceiling, key=e.key)
+                 for e in step.edits]
+        try:
+            plan = CE.plan(cfile, edits)
+        except Exception as e:
+            return _fail("set_config", f"cannot plan the edit of {ref.path}: {str(e)[:300]}")
+        refusal = getattr(plan, "refusal", None)
+        if refusal:
+            return ActionResult("set_config", ActionOutcome.FAILED, f"{ref.path}: {refusal}", {"refused": True})
+        try:
+            applied = CE.apply(plan, backup_dir=ctx.state_dir / "backups", clock=ctx.clock)
+        except Exception as e:
+            return _fail("set_config", f"cannot write {ref.path}: {str(e)[:300]}")
+        changes = [{"key": c.key, "before": c.before, "after": c.after} for c in applied.changes]
+        env = CE.env_for(applied.changes) if ref.format == "env" else {}
+        details = {"file": str(ref.path), "backup": str(applied.backup_path) if applied.backup_path else None,
+                   "changes": changes, "env": env}
+        ctx.checkpoint("config_written", details)
+        ctx.details.update(details)
+    if step.then == "none":
+        return _ok("set_config", "config edited (no recreate requested)", **ctx.details)
+    env = dict(ctx.details.get("env") or {})
+    res = await _recreate(ctx, env or None, "set_config")
+    ctx.checkpoint("acted", {"recreate": res.reason})
+    return ActionResult("set_config", res.outcome, f"{_describe(ctx.details)}; {res.reason}",
+                        {**ctx.details, **dict(res.details)})
+
+
+def _describe(details: Mapping[str, Any]) -> str:
+    ch = details.get("changes") or []
+    return ", ".join(f"{c['key']} {c['before']} → {c['after']}" for c in ch) or "no change"
+
+
+async def do_rollback(ctx: ActionContext) -> ActionResult:
+    from watchdog.remediation import snapshots as SN
+
+    step: P.RollbackStep = ctx.step
+    refs = [ctx.target.config_files[step.config]] if step.config else list(ctx.target.config_files.values())
+    if not refs or any(r is None for r in refs):
+        return _fail("rollback_config", "no config file to roll back")
+    if ctx.phase == "started":
+        store = SN.SnapshotStore(ctx.state_dir / "snapshots" / ctx.target.name, ctx.clock)
+        try:
+            if step.source == "git":
+                git = SN.GitHistory(refs[0].path.parent)
+                restored = git.restore_last_good(store, [r.path for r in refs],
+                                                 backup_dir=ctx.state_dir / "backups")
+                desc = f"restored from git commit {restored.snapshot_id}"
+            else:
+                snap = store.last_good()
+                if snap is None:
+                    return _fail("rollback_config", "no last-known-good snapshot yet (the target was never ready "
+                                 "for the soak time)")
+                restored = store.restore(snap, backup_dir=ctx.state_dir / "backups")
+                desc = f"restored snapshot {snap.id}"
+        except Exception as e:
+            return _fail("rollback_config", f"rollback failed: {str(e)[:300]}")
+        env: dict[str, str] = {}
+        for r in refs:
+            if r.format == "env":
+                env.update(_read_env_file(r.path))
+        details = {"snapshot": str(restored.snapshot_id), "restored": [str(p) for p in restored.restored],
+                   "backups": [str(p) for p in restored.backups], "env": env, "summary": desc}
+        ctx.checkpoint("config_written", details)
+        ctx.details.update(details)
+    if step.then == "none":
+        return _ok("rollback_config", str(ctx.details.get("summary")), **ctx.details)
+    res = await _recreate(ctx, dict(ctx.details.get("env") or {}) or None, "rollback_config")
+    return ActionResult("rollback_config", res.outcome, f"{ctx.details.get('summary')}; {res.reason}",
+                        {**ctx.details, **dict(res.details)})
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#") or "=" not in s:
+            continue
+        s = s.removeprefix("export ").strip()
+        k, v = s.split("=", 1)
+        v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+            v = v[1:-1]
+        out[k.strip()] = v
+    return out
+
+
+async def do_prune(ctx: ActionContext) -> ActionResult:
+    step: P.PruneStep = ctx.step
+    details: dict[str, Any] = {}
+    rt = ctx.target.runtime
+    prune = getattr(rt, "prune", None)
+    if prune is not None:
+        try:
+            details["docker"] = await prune(build_cache=step.build_cache)
+        except TypeError:
+            details["docker"] = await prune()
+        except Exception as e:
+            return _fail("prune", f"docker prune failed: {e.__class__.__name__}: {str(e)[:200]}")
+    freed = 0
+    for p in step.paths:
+        freed += await asyncio.to_thread(_empty_dir, p)
+    details["paths_freed_bytes"] = freed
+    if prune is None and not step.paths:
+        return _fail("prune", "nothing to prune: the runtime is not docker and no paths are configured")
+    return _ok("prune", "reclaimed disk", **details)
+
+
+def _empty_dir(p: Path) -> int:
+    """Remove the *contents* of a configured temp/cache dir (never the dir, never outside it)."""
+    freed = 0
+    if not p.is_dir() or p.resolve() == Path("/"):
+        return 0
+    for child in p.iterdir():
+        try:
+            if child.is_symlink() or child.is_file():
+                freed += child.lstat().st_size
+                child.unlink()
+            elif child.is_dir():
+                for f in child.rglob("*"):
+                    if f.is_file() and not f.is_symlink():
+                        freed += f.lstat().st_size
+                shutil.rmtree(child)
+        except OSError:
+            continue
+    return freed
+
+
+async def do_http_call(ctx: ActionContext) -> ActionResult:
+    step: P.HttpCallStep = ctx.step
+    if step.require_ready and not await ctx.target.verify_ready():
+        return ActionResult("http_call", ActionOutcome.SKIPPED, "WAITING_FOR_READY: the vLLM target is not ready yet")
+    headers = dict(step.headers)
+    token = ctx.resolve_secret(step.token_env, step.token_file, "token")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    client = ctx.target.http or httpx.AsyncClient(trust_env=False)
+    try:
+        async with asyncio.timeout(step.timeout_s):
+            resp = await client.request(step.method, step.url, headers=headers,
+                                        json=step.body if step.body is not None else None, timeout=step.timeout_s)
+    except (TimeoutError, httpx.HTTPError) as e:
+        return _fail("http_call", f"{step.method} {_safe_url(step.url)}: {e.__class__.__name__}")
+    finally:
+        if ctx.target.http is None:
+            await client.aclose()
+    if resp.status_code in step.expect_status:
+        return _ok("http_call", f"{step.method} {_safe_url(step.url)} → {resp.status_code}")
+    return _fail("http_call", f"{step.method} {_safe_url(step.url)} → {resp.status_code} "
+                 f"(expected {step.expect_status})")
+
+
+def _safe_url(url: str) -> str:
+    """Scheme, host and path only: query strings and userinfo may carry secrets."""
+    parsed = httpx.URL(url)
+    return f"{parsed.scheme}://{parsed.host}{':' + str(parsed.port) if parsed.port else ''}{parsed.path}"
+
+
+async def do_exec(ctx: ActionContext) -> ActionResult:
+    step: P.ExecStep = ctx.step
+    inc = ctx.incident
+    env = {**os.environ, "WATCHDOG_TARGET": inc.target, "WATCHDOG_INCIDENT_ID": str(inc.id),
+           "WATCHDOG_INCIDENT_KIND": inc.kind, "WATCHDOG_SEVERITY": inc.severity.value,
+           "WATCHDOG_FINGERPRINT": inc.fingerprint, "WATCHDOG_SUMMARY": inc.summary[:500]}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *step.argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+    except OSError as e:
+        return _fail("exec", f"cannot run {step.argv[0]}: {e.strerror or e.__class__.__name__}")
+    try:
+        async with asyncio.timeout(step.timeout_s):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return _fail("exec", f"{step.argv[0]} timed out after {step.timeout_s:g} s (killed)")
+    tail = out.decode(errors="replace")[-500:]
+    if proc.returncode == 0:
+        return _ok("exec", f"{step.argv[0]} exited 0", output=tail)
+    return _fail("exec", f"{step.argv[0]} exited {proc.returncode}", output=tail)
+
+
+async def do_notify(ctx: ActionContext) -> ActionResult:
+    return _ok("notify", ctx.step.message or "notified")
+
+
+async def do_escalate(ctx: ActionContext) -> ActionResult:
+    return _ok("escalate", ctx.step.message or f"escalated to {ctx.step.severity.value}")
+
+
+ACTIONS: dict[str, Callable[[ActionContext], Awaitable[ActionResult]]] = {
+    "restart": do_restart,
+    "start": do_start,
+    "stop": do_stop,
+    "recreate": do_recreate,
+    "set_config": do_set_config,
+    "rollback_config": do_rollback,
+    "prune": do_prune,
+    "http_call": do_http_call,
+    "exec": do_exec,
+    "notify": do_notify,
+    "escalate": do_escalate,
+}
+
+# actions whose success is proven by readiness passing again (verification)
+VERIFIED = frozenset({"restart", "start", "recreate", "set_config", "rollback_config"})
+assert set(ACTIONS) == set(P.ACTION_NAMES)
