@@ -27,6 +27,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from watchdog.model import EventKind, Notification, Severity
 
@@ -390,9 +391,36 @@ def build_message(n: Notification, template: MessageTemplate | None = None, max_
     return Message(rendered, cap_bytes(text, max_bytes))
 
 
+class ReceiverBase(BaseModel):
+    """Keys every receiver has (each notifier's config model extends this and sets `type`)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, populate_by_name=True)
+
+    name: str | None = Field(None, description="Receiver name (also given by the notify.receivers entry)")
+    template: str | None = Field(
+        None,
+        description="Jinja2 template of the message text (sandboxed; undefined names are errors). "
+        "Names: every Notification field, title, text, body, sections, severity_word",
+    )
+    max_bytes: int = Field(100_000, ge=256, description="Cap of the message text; longer text is cut with a note")
+
+    @field_validator("template")
+    @classmethod
+    def _valid_template(cls, v: str | None) -> str | None:
+        if v is not None:
+            errors = validate_template(v)
+            if errors:
+                raise ValueError("; ".join(errors))
+        return v
+
+    def compiled_template(self) -> MessageTemplate | None:
+        return MessageTemplate(self.template) if self.template is not None else None
+
+
 __all__ = [
     "Message",
     "MessageTemplate",
+    "ReceiverBase",
     "Rendered",
     "Section",
     "build_message",

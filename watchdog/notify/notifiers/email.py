@@ -1,0 +1,244 @@
+"""Email receiver over SMTP (stdlib smtplib in a worker thread). Stage: notify.
+
+Plain-text mail with the same content as the other receivers: subject = the title line, body = the
+rendered text (capped). Security: `starttls` (default, port 587), `ssl` (implicit TLS, port 465) or
+`none` (port 25; AUTH over it is refused unless `allow_insecure_auth`). Certificates are verified
+(system store or `ca_file`). Messages of one incident share a `References` header so mail clients
+thread them; `Message-ID` is derived from the notification id (stable across retries).
+
+Outcomes: connection refused / reset / timeouts / TLS failures / 4xx replies → retryable; 5xx replies
+(bad recipient, sender refused, auth rejected with 535) and a server without STARTTLS/AUTH →
+permanent. Some recipients refused but others accepted → ok, with the refused ones in the reason.
+The password is a secret: never in a reason or a log line. This module must never block the event
+loop (smtplib runs in a thread) or raise on a failed delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import smtplib
+import ssl
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from watchdog.clock import Clock, SystemClock
+from watchdog.model import Delivery, DeliveryOutcome, Notification
+from watchdog.notify.notifiers.webhook import Scrubber, optional_secret
+from watchdog.notify.render import ReceiverBase, build_message, fmt_value
+
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+_ADDR = re.compile(r"[^@\s<>]+@[^@\s<>]+")
+
+
+class EmailReceiverConfig(ReceiverBase):
+    """SMTP mail. The password is a secret: password_env/_file."""
+
+    type: Literal["email"] = "email"
+    host: str = Field(description="SMTP server host name")
+    port: int | None = Field(None, ge=1, le=65535, description="Default: 587 starttls, 465 ssl, 25 none")
+    security: Literal["starttls", "ssl", "none"] = Field("starttls", description="How the connection is encrypted")
+    username: str | None = Field(None, description="AUTH user name (with password_env/_file)")
+    password_env: str | None = Field(None, description="Environment variable holding the SMTP password")
+    password_file: Path | None = Field(None, description="File holding the SMTP password")
+    allow_insecure_auth: bool = Field(False, description="Permit AUTH with security: none (password in clear)")
+    from_addr: str = Field(description="Envelope and header From address")
+    to: list[str] = Field(min_length=1, description="Recipient addresses")
+    subject_prefix: str = Field("", description="Prepended to the subject, e.g. '[gpu-01] '")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the server (default: system store)")
+    verify: bool = Field(True, description="Verify the server certificate and host name")
+    local_hostname: str | None = Field(None, description="Name sent in EHLO; default: this host's FQDN")
+    timeout_s: float = Field(30.0, gt=0, le=300, description="Socket timeout of each SMTP step")
+    max_bytes: int = Field(100_000, ge=1024, description="Cap of the body text")
+
+    @model_validator(mode="after")
+    def _check(self) -> EmailReceiverConfig:
+        has_pw = bool(self.password_env or self.password_file)
+        if bool(self.username) != has_pw:
+            raise ValueError("AUTH needs both username and password_env/password_file")
+        if has_pw and self.security == "none" and not self.allow_insecure_auth:
+            raise ValueError(
+                "AUTH over an unencrypted connection sends the password in clear: use security starttls or ssl "
+                "(or set allow_insecure_auth: true)"
+            )
+        for a in (self.from_addr, *self.to):
+            if not _ADDR.fullmatch(a.strip()):
+                raise ValueError(f"{a!r} is not an email address (user@domain)")
+        return self
+
+
+def _code_outcome(code: int) -> DeliveryOutcome:
+    return DeliveryOutcome.RETRYABLE if 400 <= code < 500 else DeliveryOutcome.PERMANENT
+
+
+def _smtp_text(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return fmt_value(" ".join(text.split()), 160)
+
+
+class EmailNotifier:
+    def __init__(
+        self,
+        name: str,
+        cfg: EmailReceiverConfig,
+        *,
+        clock: Clock | None = None,
+        base_dir: Path | None = None,
+        source: str = "config",
+    ) -> None:
+        self.name = name
+        self._cfg = cfg
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._password = optional_secret(
+            cfg.password_env,
+            cfg.password_file,
+            field=f"notify.receivers.{name}.password",
+            base_dir=base_dir,
+            source=source,
+        )
+        self._scrub = Scrubber(self._password)
+        self._template = cfg.compiled_template()
+        self._port = cfg.port or DEFAULT_PORTS[cfg.security]
+        ca = cfg.ca_file
+        if ca is not None and not ca.is_absolute() and base_dir is not None:
+            ca = base_dir / ca
+        self._ca = ca
+        self._where = f"smtp {cfg.host}:{self._port}"
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self._ca) if self._ca else None)
+        if not self._cfg.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def build(self, n: Notification) -> EmailMessage:
+        msg = build_message(n, self._template, self._cfg.max_bytes)
+        m = EmailMessage()
+        subject = " ".join((self._cfg.subject_prefix + msg.rendered.title).split())
+        m["Subject"] = subject[:250]
+        m["From"] = self._cfg.from_addr
+        m["To"] = ", ".join(self._cfg.to)
+        m["Date"] = email.utils.formatdate(self._clock.time(), localtime=False)
+        safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", n.id)[:120]
+        m["Message-ID"] = f"<{safe_id}.{re.sub(r'[^A-Za-z0-9._-]', '_', self.name)}@vllm-watchdog>"
+        thread = f"<incident-{n.incident_id}.{n.fingerprint}@vllm-watchdog>"
+        m["References"] = thread
+        m["In-Reply-To"] = thread
+        m["X-Vllm-Watchdog-Event"] = n.event.value
+        m["X-Vllm-Watchdog-Severity"] = n.severity.value
+        m["X-Vllm-Watchdog-Fingerprint"] = n.fingerprint
+        m.set_content(msg.text)
+        return m
+
+    def _send_sync(self, m: EmailMessage) -> dict[str, tuple[int, bytes]]:
+        cfg = self._cfg
+        smtp: smtplib.SMTP
+        if cfg.security == "ssl":
+            smtp = smtplib.SMTP_SSL(
+                cfg.host,
+                self._port,
+                local_hostname=cfg.local_hostname,
+                timeout=cfg.timeout_s,
+                context=self._ssl_context(),
+            )
+        else:
+            smtp = smtplib.SMTP(cfg.host, self._port, local_hostname=cfg.local_hostname, timeout=cfg.timeout_s)
+        with smtp:
+            smtp.ehlo()
+            if cfg.security == "starttls":
+                smtp.starttls(context=self._ssl_context())
+                smtp.ehlo()
+            if cfg.username and self._password is not None:
+                smtp.login(cfg.username, self._password.reveal())
+            return smtp.send_message(m)
+
+    async def send(self, notification: Notification) -> Delivery:
+        try:
+            m = self.build(notification)
+        except Exception as exc:
+            return self._done(Delivery(DeliveryOutcome.PERMANENT, f"cannot build mail: {type(exc).__name__}"))
+        try:
+            async with asyncio.timeout(self._cfg.timeout_s * 4):
+                refused = await asyncio.to_thread(self._send_sync, m)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [c for c, _ in exc.recipients.values()]
+            outcome = (
+                DeliveryOutcome.RETRYABLE
+                if any(_code_outcome(c) is DeliveryOutcome.RETRYABLE for c in codes)
+                else DeliveryOutcome.PERMANENT
+            )
+            listed = ", ".join(f"{a} ({c} {_smtp_text(t)})" for a, (c, t) in exc.recipients.items())
+            return self._done(
+                Delivery(outcome, f"{self._where}: all recipients refused: {listed}", status_code=codes[0])
+            )
+        except smtplib.SMTPAuthenticationError as exc:
+            return self._done(
+                Delivery(
+                    _code_outcome(exc.smtp_code),
+                    f"{self._where}: authentication failed ({exc.smtp_code} {_smtp_text(exc.smtp_error)}); "
+                    "check username and password",
+                    status_code=exc.smtp_code,
+                )
+            )
+        except smtplib.SMTPNotSupportedError as exc:
+            return self._done(
+                Delivery(
+                    DeliveryOutcome.PERMANENT,
+                    f"{self._where}: server does not support what the config asks ({_smtp_text(str(exc))}); "
+                    "check security/username",
+                )
+            )
+        except smtplib.SMTPResponseException as exc:  # sender refused, data error, connect error with a code
+            return self._done(
+                Delivery(
+                    _code_outcome(exc.smtp_code),
+                    f"{self._where}: {exc.smtp_code} {_smtp_text(exc.smtp_error)}",
+                    status_code=exc.smtp_code,
+                )
+            )
+        except smtplib.SMTPServerDisconnected:
+            return self._done(Delivery(DeliveryOutcome.RETRYABLE, f"{self._where}: server closed the connection"))
+        except ssl.SSLCertVerificationError as exc:
+            return self._done(
+                Delivery(
+                    DeliveryOutcome.RETRYABLE,
+                    f"{self._where}: TLS certificate verification failed ({fmt_value(exc.verify_message or '', 80)})",
+                )
+            )
+        except ssl.SSLError as exc:
+            return self._done(Delivery(DeliveryOutcome.RETRYABLE, f"{self._where}: TLS error ({exc.reason})"))
+        except ConnectionRefusedError:
+            return self._done(Delivery(DeliveryOutcome.RETRYABLE, f"{self._where}: connection refused"))
+        except TimeoutError:
+            return self._done(Delivery(DeliveryOutcome.RETRYABLE, f"{self._where}: timed out"))
+        except OSError as exc:
+            return self._done(
+                Delivery(DeliveryOutcome.RETRYABLE, f"{self._where}: {type(exc).__name__} ({exc.strerror or exc})")
+            )
+        except smtplib.SMTPException as exc:
+            return self._done(Delivery(DeliveryOutcome.RETRYABLE, f"{self._where}: {type(exc).__name__}"))
+        if refused:
+            listed = ", ".join(f"{a} ({c})" for a, (c, _) in refused.items())
+            n_ok = len(self._cfg.to) - len(refused)
+            return self._done(
+                Delivery(DeliveryOutcome.OK, f"{self._where}: sent to {n_ok}/{len(self._cfg.to)}; refused: {listed}")
+            )
+        return self._done(Delivery(DeliveryOutcome.OK, f"{self._where}: sent to {len(self._cfg.to)} recipient(s)"))
+
+    def _done(self, d: Delivery) -> Delivery:
+        clean = self._scrub(d.reason)
+        return d if clean == d.reason else Delivery(d.outcome, clean, d.status_code, d.retry_after_s)
+
+    async def aclose(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<EmailNotifier {self.name!r}>"
+
+
+__all__ = ["EmailNotifier", "EmailReceiverConfig"]
