@@ -158,7 +158,7 @@ class GpuProbe:
             maxlen=self.settings.max_events_buffered
         )
         self._events_dropped = 0
-        self._events_lock = threading.Lock()
+        self._events_lock = threading.Condition()
         self._events_state = "off"  # off | running | unsupported | failed | stopped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -218,6 +218,13 @@ class GpuProbe:
             if len(self._events) == self._events.maxlen:
                 self._events_dropped += 1
             self._events.append(ev)
+            self._events_lock.notify_all()
+
+    def wait_events(self, n: int = 1, timeout_s: float = 5.0) -> bool:
+        """Block until at least `n` events are queued (or `timeout_s`); True if they are. For tests and
+        the real-GPU check; the daemon never calls it."""
+        with self._events_lock:
+            return self._events_lock.wait_for(lambda: len(self._events) >= n, timeout=timeout_s)
 
     def _event_loop(self) -> None:
         b = self.backend
