@@ -145,9 +145,14 @@ def transport_failure(exc: BaseException, *, where: str, timeout_s: float) -> De
         what = f"timed out after {timeout_s:g}s ({type(exc).__name__})"
     elif isinstance(exc, httpx.ConnectError):
         msg = str(exc)
+        chain: list[BaseException] = []
+        cur: BaseException | None = exc
+        while cur is not None and len(chain) < 8:
+            chain.append(cur)
+            cur = cur.__cause__ or cur.__context__
         if "CERTIFICATE_VERIFY_FAILED" in msg or "certificate" in msg.lower():
             what = "TLS certificate verification failed"
-        elif "refused" in msg.lower():
+        elif any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in msg.lower():
             what = "connection refused"
         else:
             what = f"cannot connect ({fmt_value(msg, 120)})"
