@@ -30,7 +30,8 @@ def test_parse_meminfo_values_in_bytes() -> None:
 
 def test_parse_meminfo_skips_garbage_lines_without_nan() -> None:
     """Garbage, NaN, negative and duplicated lines are skipped and counted; values stay finite."""
-    text = meminfo(1000, 100, extra="garbage line\nFoo: nan kB\nBar: -5 kB\nMemTotal: 1 kB\n: 3 kB\nBaz: 1 2 3\n\x00\xff\n")
+    junk = "garbage line\nFoo: nan kB\nBar: -5 kB\nMemTotal: 1 kB\n: 3 kB\nBaz: 1 2 3\n\x00\xff\n"
+    text = meminfo(1000, 100, extra=junk)
     info = parse_meminfo(text)
     assert info.bad_lines == 7
     assert info.first_bad == "garbage line"

@@ -9,7 +9,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -231,7 +231,7 @@ async def test_cert_dir_key_mismatch_and_permissions(clock: FakeClock, ca: trust
     """A key from another certificate is P1 key_mismatch; a group-readable key is P2 key_permissions."""
     a = ca.issue_cert("vllm", not_before=at(clock, -1), not_after=at(clock, 200))
     b = ca.issue_cert("vllm", not_before=at(clock, -1), not_after=at(clock, 200))
-    crt, key = write_pair(tmp_path, "server", a, mode=0o640)
+    _crt, key = write_pair(tmp_path, "server", a, mode=0o640)
     key.write_bytes(b.private_key_pem.bytes())
     s = TlsSettings(cert_dir=tmp_path)
     det = TlsDetector(s)

@@ -162,6 +162,8 @@ class GpuProbe:
         self._events_state = "off"  # off | running | unsupported | failed | stopped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # set once the event thread has opened its event set or given up (see `events_state`)
+        self.events_ready = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def _ensure_init(self) -> bool:
@@ -195,8 +197,14 @@ class GpuProbe:
             self._start_event_thread()
         return True
 
+    @property
+    def events_state(self) -> str:
+        """off | running | unsupported | failed | stopped."""
+        return self._events_state
+
     def _start_event_thread(self) -> None:
         self._stop.clear()
+        self.events_ready.clear()
         self._events_state = "running"
         self._thread = threading.Thread(target=self._event_loop, name="nvml-xid-events", daemon=True)
         self._thread.start()
@@ -229,6 +237,12 @@ class GpuProbe:
     def _event_loop(self) -> None:
         b = self.backend
         try:
+            self._run_events(b)
+        finally:
+            self.events_ready.set()
+
+    def _run_events(self, b: NvmlBackend) -> None:
+        try:
             n = b.open_events(CRITICAL_EVENT_MASK)
         except FieldNotSupported as e:
             self._events_state = "unsupported"
@@ -244,6 +258,7 @@ class GpuProbe:
             log.warning("GPU probe: cannot open the NVML event set (%s); Xid watch is off", e)
             return
         log.info("GPU probe: watching critical Xid events on %d GPU(s)", n)
+        self.events_ready.set()
         errors = 0
         try:
             while not self._stop.is_set():

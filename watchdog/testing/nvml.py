@@ -87,9 +87,10 @@ class FakeNvml:
         self._lock = threading.Lock()
 
     # -- scripting -----------------------------------------------------------------------------
-    @staticmethod
-    def healthy(n: int = 1) -> FakeNvml:
-        return FakeNvml([FakeGpu(f"GPU-fake-{i:04d}") for i in range(n)])
+    @classmethod
+    def healthy(cls, n: int = 1) -> FakeNvml:
+        """`n` healthy GPUs with uuids GPU-fake-0000, GPU-fake-0001, ..."""
+        return cls([FakeGpu(f"GPU-fake-{i:04d}") for i in range(n)])
 
     def remove(self, index: int) -> FakeGpu:
         """The device disappears from enumeration (count drops, its uuid is gone)."""
