@@ -242,7 +242,10 @@ def load_text(text: str, *, file: str = "<config>", base_dir: Path | None = None
     except ValidationError as e:
         problems = [problem_from_error(err, file, lines, data) for err in e.errors(include_input=False)]
         raise ConfigError(problems) from None
-    _resolve_paths(cfg, base_dir or Path.cwd())
+    base = base_dir or Path.cwd()
+    _resolve_paths(cfg, base)
+    if cfg.config_dir is None:
+        cfg.config_dir = base
     return cfg
 
 

@@ -195,6 +195,9 @@ class RemediationConfig(Strict):
 
 
 class WatchdogConfig(Strict):
+    config_dir: Path | None = Field(
+        None, description="Directory of the config file (set by the loader; relative paths resolve against it)"
+    )
     state_dir: Path = Path("/var/lib/vllm-watchdog")
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -1,0 +1,36 @@
+# vllm-watchdog — the two commands of the README contract, plus lint and bench.
+#   make demo  — live demonstration against the emulated vLLM (no GPU, no Docker)
+#   make test  — install what the tests need and pass them (CI: .ci/run calls exactly this)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench venv clean gpu-check
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vllm-watchdog demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check watchdog tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+gpu-check: $(STAMP)
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) .demo build *.egg-info
