@@ -1,0 +1,327 @@
+"""Classify vLLM log lines with a pattern catalog (data: `watchdog/data/log_patterns.yaml`, overridable),
+and turn the first occurrence of each failure class into a Finding. Stage: detect.
+
+The catalog holds regex *families* for every vLLM version of reference/vllm.md §3 (log strings change
+between versions). Each entry names an incident kind, a severity, whether a restart helps, and the
+remedy of the §3.8 decision table. Speed: one combined case-insensitive keyword alternation is
+searched first; only the rare line that contains a keyword runs the entry regexes, in catalog order
+(first match wins). Lines are classified on their first `MAX_CLASSIFY_CHARS` characters.
+
+This module never does I/O except reading the catalog files at load time, never acts, and never
+raises on a log line. A bad catalog file raises `ConfigError` with `Problem`s naming the file, the
+entry id and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from watchdog.errors import ConfigError, Problem
+from watchdog.model import Finding, IncidentKind, LogLine, ProbeResult, Severity
+
+MAX_CLASSIFY_CHARS = 4096
+MAX_EVIDENCE_CHARS = 500
+SHIPPED = "log_patterns.yaml"
+
+
+class PatternSpec(BaseModel):
+    """One catalog entry as written in YAML (see the header of `log_patterns.yaml`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str = Field(min_length=1, description="Unique name of the pattern.")
+    cls: str = Field(alias="class", min_length=1, description="Failure class; one finding per class.")
+    kind: IncidentKind = Field(description="Incident kind opened by a match.")
+    severity: Severity = Field(description="P0..P3.")
+    restart_helps: bool = Field(description="Whether restarting with the same config can fix it.")
+    regex: str = Field(min_length=1, description="Python regex searched in the line.")
+    keywords: list[str] = Field(default_factory=list, description="Literal prefilter substrings "
+                                "(case-insensitive); empty means the regex runs on every line.")
+    ignore_case: bool = Field(False, description="Case-insensitive regex.")
+    remedy: str = Field("", description="Recommended remedy (reference/vllm.md §3.8).")
+    examples: list[str] = Field(default_factory=list, description="Lines that must match this entry.")
+    enabled: bool = Field(True, description="false removes a shipped entry (in an override file).")
+
+
+@dataclass(frozen=True, slots=True)
+class LogPattern:
+    """A compiled catalog entry."""
+
+    id: str
+    cls: str
+    kind: IncidentKind
+    severity: Severity
+    restart_helps: bool
+    regex: re.Pattern[str]
+    keywords: tuple[str, ...]
+    remedy: str
+    examples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogMatch:
+    """A classified line: the entry that matched, the line (capped) and the named groups."""
+
+    pattern: LogPattern
+    line: str
+    groups: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> IncidentKind:
+        return self.pattern.kind
+
+    @property
+    def cls(self) -> str:
+        return self.pattern.cls
+
+
+def _cap(s: str, n: int = MAX_EVIDENCE_CHARS) -> str:
+    return s if len(s) <= n else s[: n - 15] + "…[truncated]"
+
+
+class LogCatalog:
+    """An ordered, compiled set of patterns with a keyword prefilter."""
+
+    def __init__(self, patterns: Sequence[LogPattern]) -> None:
+        self.patterns: tuple[LogPattern, ...] = tuple(patterns)
+        kws = sorted({k.lower() for p in self.patterns for k in p.keywords}, key=len, reverse=True)
+        self._always = any(not p.keywords for p in self.patterns)
+        self._prefilter: re.Pattern[str] | None = (
+            re.compile("|".join(re.escape(k) for k in kws), re.IGNORECASE) if kws else None
+        )
+        self._lower_kws: tuple[tuple[str, ...], ...] = tuple(
+            tuple(k.lower() for k in p.keywords) for p in self.patterns
+        )
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self.patterns]
+
+    def get(self, pattern_id: str) -> LogPattern | None:
+        return next((p for p in self.patterns if p.id == pattern_id), None)
+
+    @classmethod
+    def load(cls, override_path: Path | None = None) -> LogCatalog:
+        """The shipped catalog, with `override_path` (if given) replacing/extending entries by id."""
+        shipped_text = resources.files("watchdog").joinpath("data", SHIPPED).read_text(encoding="utf-8")
+        specs, lines = _read_specs(shipped_text, f"watchdog/data/{SHIPPED}")
+        origin: dict[str, tuple[str, dict[str, int]]] = {
+            s["id"]: (f"watchdog/data/{SHIPPED}", ln) for s, ln in zip(specs, lines, strict=True)
+            if isinstance(s.get("id"), str)
+        }
+        merged: list[dict[str, Any]] = [dict(s) for s in specs]
+        if override_path is not None:
+            try:
+                text = Path(override_path).read_text(encoding="utf-8")
+            except OSError as e:
+                problem = Problem(str(override_path), None, "log_patterns", f"cannot read file: {e.strerror or e}",
+                                  "give a readable YAML file")
+                raise ConfigError([problem]) from None
+            ov_specs, ov_lines = _read_specs(text, str(override_path))
+            for spec, ln in zip(ov_specs, ov_lines, strict=True):
+                pid = spec.get("id")
+                idx = next((i for i, s in enumerate(merged) if s.get("id") == pid), None)
+                if idx is None:
+                    merged.append(dict(spec))
+                else:
+                    merged[idx] = {**merged[idx], **spec}
+                if isinstance(pid, str):
+                    origin[pid] = (str(override_path), ln)
+        return cls.from_specs(merged, origin)
+
+    @classmethod
+    def from_specs(
+        cls, specs: Sequence[Mapping[str, Any]], origin: Mapping[str, tuple[str, Mapping[str, int]]] | None = None
+    ) -> LogCatalog:
+        """Validate and compile raw entries; every problem is collected before raising."""
+        problems: list[Problem] = []
+        compiled: list[LogPattern] = []
+        seen: set[str] = set()
+        origin = origin or {}
+        for i, raw in enumerate(specs):
+            pid = raw.get("id") if isinstance(raw.get("id"), str) else None
+            file, lines = origin.get(pid or "", ("<catalog>", {}))
+            label = f"patterns[{pid}]" if pid else f"patterns[{i}]"
+            try:
+                spec = PatternSpec.model_validate(raw)
+            except ValidationError as e:
+                for err in e.errors():
+                    fld = ".".join(str(x) for x in err["loc"]) or "entry"
+                    problems.append(Problem(file, lines.get(fld, lines.get("", None)), f"{label}.{fld}",
+                                            err["msg"], _fix_for(fld)))
+                continue
+            if not spec.enabled:
+                continue
+            if spec.id in seen:
+                problems.append(Problem(file, lines.get("id"), f"{label}.id", "duplicate id",
+                                        "give each entry a unique id"))
+                continue
+            seen.add(spec.id)
+            try:
+                rx = re.compile(spec.regex, re.IGNORECASE if spec.ignore_case else 0)
+            except re.error as e:
+                problems.append(Problem(file, lines.get("regex"), f"{label}.regex", f"invalid regex: {e}",
+                                        "a Python `re` pattern; quote it with single quotes in YAML"))
+                continue
+            bad_kw = [k for k in spec.keywords if not k.strip()]
+            if bad_kw:
+                problems.append(Problem(file, lines.get("keywords"), f"{label}.keywords", "empty keyword",
+                                        "literal substrings that every matching line contains"))
+                continue
+            compiled.append(LogPattern(spec.id, spec.cls, spec.kind, spec.severity, spec.restart_helps, rx,
+                                       tuple(spec.keywords), spec.remedy.strip(), tuple(spec.examples)))
+        catalog = cls(compiled)
+        for p in catalog.patterns:  # every example must classify to its own entry (keywords included)
+            file, lines = origin.get(p.id, ("<catalog>", {}))
+            for ex in p.examples:
+                m = catalog.classify(ex)
+                if m is None or m.pattern.id != p.id:
+                    got = "nothing" if m is None else f"entry {m.pattern.id!r}"
+                    problems.append(Problem(file, lines.get("examples"), f"patterns[{p.id}].examples",
+                                            f"example {_cap(ex, 80)!r} matches {got}",
+                                            "fix the regex or keywords, or move the entry before the one "
+                                            "that matches first"))
+        if problems:
+            raise ConfigError(problems)
+        return catalog
+
+    def classify(self, line: str) -> LogMatch | None:
+        """The first entry matching `line`, or None. Never raises."""
+        text = line if len(line) <= MAX_CLASSIFY_CHARS else line[:MAX_CLASSIFY_CHARS]
+        if self._prefilter is not None and self._prefilter.search(text) is None and not self._always:
+            return None
+        low: str | None = None
+        for p, kws in zip(self.patterns, self._lower_kws, strict=True):
+            if kws:
+                if low is None:
+                    low = text.lower()
+                if not any(k in low for k in kws):
+                    continue
+            m = p.regex.search(text)
+            if m is not None:
+                groups = {k: v for k, v in m.groupdict().items() if v is not None}
+                return LogMatch(p, _cap(line), groups)
+        return None
+
+
+def _fix_for(fld: str) -> str:
+    return {
+        "kind": "one of: " + ", ".join(k.value for k in IncidentKind),
+        "severity": "one of P0, P1, P2, P3",
+        "class": "a failure class name, e.g. engine_crash",
+        "restart_helps": "true or false",
+    }.get(fld, "see the header of watchdog/data/log_patterns.yaml")
+
+
+def _read_specs(text: str, file: str) -> tuple[list[dict[str, Any]], list[dict[str, int]]]:
+    """Entries of a catalog file and, for each, the 1-based line of each field ("" = the entry)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([Problem(file, line, "log_patterns", f"invalid YAML: {getattr(e, 'problem', e)}",
+                                   "fix the YAML syntax")]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("patterns"), list):
+        raise ConfigError([Problem(file, 1, "patterns", "missing `patterns:` list",
+                                   "a mapping with `patterns:` holding a list of entries")])
+    extra = sorted(set(data) - {"version", "patterns"})
+    if extra:
+        raise ConfigError([Problem(file, 1, extra[0], "unknown top-level key", "only `version` and `patterns`")])
+    line_maps: list[dict[str, int]] = []
+    seq = None
+    if isinstance(root, yaml.MappingNode):
+        for k, v in root.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == "patterns":
+                seq = v
+    items = seq.value if isinstance(seq, yaml.SequenceNode) else []
+    specs: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    for i, entry in enumerate(data["patterns"]):
+        node = items[i] if i < len(items) else None
+        lm: dict[str, int] = {}
+        if node is not None:
+            lm[""] = node.start_mark.line + 1
+            if isinstance(node, yaml.MappingNode):
+                for k, _v in node.value:
+                    if isinstance(k, yaml.ScalarNode):
+                        lm[str(k.value)] = k.start_mark.line + 1
+        if not isinstance(entry, dict):
+            problems.append(Problem(file, lm.get(""), f"patterns[{i}]", "entry is not a mapping",
+                                    "a mapping with id, class, kind, severity, restart_helps, regex"))
+            continue
+        specs.append(entry)
+        line_maps.append(lm)
+    if problems:
+        raise ConfigError(problems)
+    return specs, line_maps
+
+
+class LogDetector:
+    """Turns classified log lines of one target into Findings: the FIRST line of each failure class
+    opens one finding; later lines of that class are ignored until `reset()` (the daemon calls it after
+    a successful restart). Also a `Detector`: `observe(result)` reads `result.values["lines"]`."""
+
+    name = "logs"
+
+    def __init__(self, catalog: LogCatalog, target: str) -> None:
+        self.catalog = catalog
+        self.target = target
+        self._seen: dict[str, LogMatch] = {}
+
+    def reset(self) -> None:
+        """Forget which classes were reported (after a restart the same failure must be seen again)."""
+        self._seen.clear()
+
+    @property
+    def seen(self) -> Mapping[str, LogMatch]:
+        return dict(self._seen)
+
+    def observe(self, result: ProbeResult, now: float) -> list[Finding]:
+        if result.target != self.target:
+            return []
+        raw = result.values.get("lines")
+        if not isinstance(raw, list | tuple):
+            return []
+        lines = [ln if isinstance(ln, LogLine) else LogLine(str(ln)) for ln in raw]
+        return self.observe_lines(lines, now)
+
+    def observe_lines(self, lines: Sequence[LogLine], now: float) -> list[Finding]:
+        out: list[Finding] = []
+        for ln in lines:
+            m = self.catalog.classify(ln.text)
+            if m is None or m.cls in self._seen:
+                continue
+            self._seen[m.cls] = m
+            p = m.pattern
+            out.append(Finding(
+                target=self.target,
+                kind=p.kind.value,
+                severity=p.severity,
+                summary=f"log: {p.cls} ({p.id}): {_cap(ln.text.strip(), 160)}",
+                active=True,
+                evidence={
+                    "log_line": m.line,
+                    "pattern": p.id,
+                    "class": p.cls,
+                    "restart_helps": p.restart_helps,
+                    "groups": dict(m.groups),
+                    "line_at": ln.at,
+                    "seen_at": now,
+                },
+                source=self.name,
+                remedy=p.remedy,
+            ))
+        return out
+
+
+__all__ = ["MAX_CLASSIFY_CHARS", "LogCatalog", "LogDetector", "LogMatch", "LogPattern", "PatternSpec"]
