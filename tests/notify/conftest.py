@@ -36,20 +36,21 @@ def make_notification(
     details: dict[str, Any] | None = None,
     resolved_at: float | None = None,
     created_at: float = 1_800_000_100.0,
+    opened_at: float = 1_800_000_000.0,
     **kw: Any,
 ) -> Notification:
     return Notification(
         id=id,
         event=event,
         incident_id=42,
-        fingerprint="3f1c2a9be0d14c55a0e2f6b1",
+        fingerprint=kw.pop("fingerprint", "3f1c2a9be0d14c55a0e2f6b1"),
         target=target,
         kind=kind,
         severity=severity,
         title="vLLM server down",
         summary="GET /health: connection refused",
         created_at=created_at,
-        opened_at=1_800_000_000.0,
+        opened_at=opened_at,
         resolved_at=resolved_at,
         labels=kw.pop("labels", {"gpu": "0"}),
         details=details
