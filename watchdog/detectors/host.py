@@ -20,14 +20,16 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchdog.detectors.thresholds import Edge, EdgeTracker, Level, ThresholdTracker, classify
 from watchdog.model import Finding, IncidentKind, ProbeResult, Severity
 from watchdog.probes.disk import DiskSettings
 from watchdog.probes.gpu import GpuSettings
 from watchdog.probes.host import HostMemorySettings
-from watchdog.probes.tls import TlsSettings
+
+if TYPE_CHECKING:  # the TLS probe needs `cryptography`; GPU-only hosts/tests must not need it
+    from watchdog.probes.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,11 @@ class TlsDetector:
     name = "tls"
 
     def __init__(self, settings: TlsSettings | None = None) -> None:
-        self.settings = settings or TlsSettings()
+        if settings is None:
+            from watchdog.probes.tls import TlsSettings
+
+            settings = TlsSettings()
+        self.settings = settings
         self.book = EdgeBook(self.name)
 
     def expiry_level(self, days_left: float) -> Severity | None:
