@@ -115,7 +115,12 @@ KNOWN_SETTINGS: Mapping[str, SettingSpec] = {
     )
 }
 
-_SECRET_KEY = re.compile(r"(?i)(key|token|secret|passw|credential)")
+_SECRET_WORDS = {"KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASS", "CREDENTIALS", "CREDENTIAL", "APIKEY",
+                 "AUTH", "COOKIE", "PRIVATE"}
+
+
+def _looks_secret(key: str) -> bool:
+    return any(part in _SECRET_WORDS for part in re.split(r"[-_.]", key.upper()))
 
 
 def setting_spec(setting: str, key: str | None = None) -> SettingSpec:
@@ -279,24 +284,29 @@ def _to_bool(value: object) -> bool | None:
     return None
 
 
-def validate_edit(edit: Edit) -> str | None:
-    """A reason why `edit` can never be applied (for `vllm-watchdog check`), or None."""
+def _edit_problem(edit: Edit) -> tuple[RefusalCode, str] | None:
     if edit.op not in ("set", "step", "scale"):
-        return f"{RefusalCode.BAD_EDIT}: op must be set, step or scale (got {edit.op!r})"
+        return RefusalCode.BAD_EDIT, f"op must be set, step or scale (got {edit.op!r})"
     spec = setting_spec(edit.setting, edit.key)
-    if _SECRET_KEY.search(spec.env_key) or _SECRET_KEY.search(spec.yaml_key):
-        return f"{RefusalCode.BAD_EDIT}: {edit.setting}: looks like a secret; the watchdog does not edit secrets"
+    if spec.name not in KNOWN_SETTINGS and (_looks_secret(spec.env_key) or _looks_secret(spec.yaml_key)):
+        return RefusalCode.BAD_EDIT, "looks like a secret; the watchdog does not edit secrets"
     if edit.floor is not None and edit.ceiling is not None and edit.floor > edit.ceiling:
-        return f"{RefusalCode.BAD_BOUNDS}: {edit.setting}: floor {edit.floor} is above ceiling {edit.ceiling}"
+        return RefusalCode.BAD_BOUNDS, f"floor {edit.floor} is above ceiling {edit.ceiling}"
     if spec.kind == "bool" and edit.op != "set":
-        return f"{RefusalCode.BAD_EDIT}: {edit.setting} is a boolean: only op 'set' applies"
+        return RefusalCode.BAD_EDIT, "boolean setting: only op 'set' applies"
     if edit.op in ("step", "scale") and _to_decimal(edit.value) is None:
-        return f"{RefusalCode.BAD_EDIT}: {edit.setting}: {edit.op} needs a number (got {str(edit.value)[:40]!r})"
+        return RefusalCode.BAD_EDIT, f"{edit.op} needs a number (got {str(edit.value)[:40]!r})"
     if edit.op == "scale" and (d := _to_decimal(edit.value)) is not None and d <= 0:
-        return f"{RefusalCode.BAD_EDIT}: {edit.setting}: scale factor must be > 0 (got {edit.value})"
+        return RefusalCode.BAD_EDIT, f"scale factor must be > 0 (got {edit.value})"
     if spec.kind == "bool" and _to_bool(edit.value) is None:
-        return f"{RefusalCode.BAD_EDIT}: {edit.setting}: value must be true or false (got {str(edit.value)[:40]!r})"
+        return RefusalCode.BAD_EDIT, f"value must be true or false (got {str(edit.value)[:40]!r})"
     return None
+
+
+def validate_edit(edit: Edit) -> str | None:
+    """Why `edit` can never be applied, as `CODE: setting: detail` (for `vllm-watchdog check`), or None."""
+    problem = _edit_problem(edit)
+    return None if problem is None else f"{problem[0]}: {edit.setting}: {problem[1]}"
 
 
 class _Refuse(Exception):
@@ -308,10 +318,9 @@ class _Refuse(Exception):
 
 def _compute(spec: SettingSpec, edit: Edit, current: str | None) -> str:
     """The new value text for `edit` given the current value text (None: absent). Raises _Refuse."""
-    problem = validate_edit(edit)
+    problem = _edit_problem(edit)
     if problem is not None:
-        code_text, _, detail = problem.partition(": ")
-        raise _Refuse(RefusalCode(code_text), detail)
+        raise _Refuse(*problem)
     if spec.kind == "bool":
         new_b = _to_bool(edit.value)
         assert new_b is not None
