@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,6 +80,10 @@ class TargetWatch:
     health: HealthDetector
     extras: list[Extra] = field(default_factory=list)
     log_detector: Any = None
+    clock: Clock = field(default_factory=SystemClock)
+    client: Any = None
+    observers: list[Detector] = field(default_factory=list)  # also fed liveness/readiness/canary results
+    line_observers: list[Any] = field(default_factory=list)  # also fed the server's log lines
     ready_since: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -155,7 +160,7 @@ class Daemon:
         key = self._api_key(t)
         now = self.clock.monotonic()
         p = t.probes
-        common = {"target": t.name, "base_url": t.base_url, "client": client, "clock": self.clock}
+        common: dict[str, Any] = {"target": t.name, "base_url": t.base_url, "client": client, "clock": self.clock}
         probes: dict[str, Probe] = {}
         trackers: dict[str, ProbeTracker] = {}
         if p.liveness.enabled:
@@ -170,13 +175,14 @@ class Daemon:
                                            timeout_s=p.canary.timeout_s, path=p.canary.path, api_key=key, **common)
             trackers["canary"] = ProbeTracker("canary", p.canary, now)
         tw = TargetWatch(cfg=t, runtime=self.runtime_factory(t), probes=probes, trackers=trackers,
-                         health=HealthDetector(t.name))
-        tw.extras = self.extras_factory(tw) if self.extras_factory else []
+                         health=HealthDetector(t.name), clock=self.clock, client=client)
+        tw.extras = self.extras_factory(tw)
         if p.logs.enabled and tw.runtime is not None:
             tw.log_detector = make_log_detector(t)
         self.remediator.targets[t.name] = TargetHandle(
             name=t.name, runtime=tw.runtime, config_files={c.name: c for c in t.config_files},
-            verify_ready=lambda tw=tw: self.verify_ready(tw), on_restarted=lambda tw=tw: self.on_restarted(tw),
+            verify_ready=functools.partial(self.verify_ready, tw),
+            on_restarted=functools.partial(self.on_restarted, tw),
             stop_timeout_s=getattr(t.runtime, "stop_timeout_s", 10.0), http=self.notify_client,
         )
         return tw
@@ -233,6 +239,11 @@ class Daemon:
             log.info("probe failed", target=tw.cfg.name, probe=name, summary=result.summary,
                      consecutive=tracker.failures + 1, threshold=tracker.timing.failure_threshold)
         tr = tracker.record(result, now_m)
+        for obs in tw.observers:
+            try:
+                self.apply_findings(obs.observe(result, now_m))
+            except Exception:
+                log.exception("detector failed", detector=getattr(obs, "name", "?"))
         if tr is not None:
             log.info("probe state", target=tw.cfg.name, probe=name, before=tr.before.value, after=tr.after.value)
             up = tw.health.on_transition(tr, now_m)
@@ -242,9 +253,9 @@ class Daemon:
                 tw.ready_since = self.clock.monotonic() if tr.after == ProbeState.PASSING else None
             if up.ready_again and not self.remediator.busy(tw.cfg.name):
                 now = self.clock.time()
-                for e in self.incidents.resolve_health(tw.cfg.name, now, "readiness passes again",
-                                                       opened_before=now):
-                    self.emit(e)
+                for edge in self.incidents.resolve_health(tw.cfg.name, now, "readiness passes again",
+                                                          opened_before=now):
+                    self.emit(edge)
         return result
 
     def _schedule(self, job_id: str, fn: Callable[[], Awaitable[float]], delay: float) -> None:
@@ -303,7 +314,10 @@ class Daemon:
             return
         lines = await tw.runtime.read_logs(tw.cfg.probes.logs.max_lines)
         if lines:
-            self.apply_findings(tw.log_detector.observe_lines(lines, self.clock.monotonic()))
+            now = self.clock.monotonic()
+            self.apply_findings(tw.log_detector.observe_lines(lines, now))
+            for obs in tw.line_observers:
+                self.apply_findings(obs.observe_lines(lines, now))
 
     def _logs_job(self, tw: TargetWatch) -> Callable[[], Awaitable[float]]:
         key = f"{tw.cfg.name}:logs"
@@ -607,7 +621,7 @@ class Daemon:
         self.store.close()
         log.info("watchdog stopped")
 
-    async def run_forever(self, reload: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def run_forever(self, reload: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
@@ -646,17 +660,15 @@ def default_notifier_factory(cfg: WatchdogConfig, client: httpx.AsyncClient, clo
 
 
 def default_extras_factory(tw: TargetWatch) -> list[Extra]:
-    from watchdog import extras
+    from watchdog.extras import target_extras
 
-    return extras.target_extras(tw)
+    return target_extras(tw)
 
 
 def host_extras(d: Daemon) -> list[Extra]:
-    try:
-        from watchdog import extras
-    except ImportError:
-        return []
-    return extras.host_extras(d.cfg, d.clock)
+    from watchdog.extras import host_extras as build
+
+    return build(d.cfg, d.clock)
 
 
 def build_router(cfg: WatchdogConfig, receivers: set[str]) -> Callable[[Any, float], list[str]]:
