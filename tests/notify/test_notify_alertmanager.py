@@ -201,9 +201,10 @@ async def test_real_alertmanager_rejects_bad_alert_as_permanent(alertmanager, cl
     )
     d = classify_status(r, where="alertmanager[0]", now_wall=clock.time())
     assert r.status_code == 400 and d.outcome is DeliveryOutcome.PERMANENT
-    assert am.alerts(make_notification(opened_at=clock.time() + 999))[0]["startsAt"] <= am.alerts(
-        make_notification(opened_at=clock.time() + 999)
-    )[0]["endsAt"]
+    assert (
+        am.alerts(make_notification(opened_at=clock.time() + 999))[0]["startsAt"]
+        <= am.alerts(make_notification(opened_at=clock.time() + 999))[0]["endsAt"]
+    )
 
 
 async def test_all_peers_failing_is_retryable_with_shortest_retry_after(receiver, client, clock):

@@ -271,7 +271,11 @@ async def test_pagerduty_trigger_content(receiver, client, clock, pd_env, sev, p
 @pytest.mark.parametrize(
     ("reply", "outcome", "retry_after"),
     [
-        (Reply(400, b'{"status":"invalid event","errors":["Event object is invalid"]}'), DeliveryOutcome.PERMANENT, None),
+        (
+            Reply(400, b'{"status":"invalid event","errors":["Event object is invalid"]}'),
+            DeliveryOutcome.PERMANENT,
+            None,
+        ),
         (Reply(429, b"{}"), DeliveryOutcome.RETRYABLE, 60.0),
         (Reply(429, b"{}", {"Retry-After": "120"}), DeliveryOutcome.RETRYABLE, 120.0),
         (Reply(500, b"oops"), DeliveryOutcome.RETRYABLE, None),

@@ -154,8 +154,23 @@ class EmailNotifier:
                 smtp.starttls(context=self._ssl_context())
                 smtp.ehlo()
             if cfg.username and self._password is not None:
-                smtp.login(cfg.username, self._password.reveal())
+                self._login(smtp, cfg.username, self._password.reveal())
             return smtp.send_message(m)
+
+    @staticmethod
+    def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
+        """One AUTH attempt with the first of PLAIN/LOGIN the server offers. Unlike `SMTP.login`, a 535
+        is not retried with other mechanisms: the same wrong password would only count more failures
+        against the account (and some servers stall the second attempt)."""
+        if not smtp.has_extn("auth"):
+            raise smtplib.SMTPNotSupportedError("the server does not offer SMTP AUTH")
+        advertised = smtp.esmtp_features["auth"].upper().split()
+        for mech in ("PLAIN", "LOGIN"):
+            if mech in advertised:
+                smtp.user, smtp.password = user, password
+                smtp.auth(mech, smtp.auth_plain if mech == "PLAIN" else smtp.auth_login)
+                return
+        raise smtplib.SMTPNotSupportedError(f"no supported AUTH mechanism (server offers: {' '.join(advertised)})")
 
     async def send(self, notification: Notification) -> Delivery:
         try:
