@@ -23,7 +23,9 @@ from watchdog.clock import Clock
 from watchdog.config.models import ConfigFileRef
 from watchdog.model import ActionOutcome, ActionResult, Incident
 from watchdog.protocols import Runtime
+from watchdog.remediation import config_edit as CE
 from watchdog.remediation import policy as P
+from watchdog.remediation import snapshots as SN
 
 
 @dataclass
@@ -139,8 +141,6 @@ def _config_ref(ctx: ActionContext, name: str) -> ConfigFileRef | None:
 
 
 async def do_set_config(ctx: ActionContext) -> ActionResult:
-    from watchdog.remediation import config_edit as CE
-
     step: P.SetConfigStep = ctx.step
     ref = _config_ref(ctx, step.config)
     if ref is None:
@@ -150,14 +150,14 @@ async def do_set_config(ctx: ActionContext) -> ActionResult:
         edits = [CE.Edit(setting=e.setting, op=e.op, value=e.value, floor=e.floor, ceiling=e.ceiling, key=e.key)
                  for e in step.edits]
         try:
-            plan = CE.plan(cfile, edits)
+            plan = await asyncio.to_thread(CE.plan, cfile, edits)
         except Exception as e:
             return _fail("set_config", f"cannot plan the edit of {ref.path}: {str(e)[:300]}")
-        refusal = getattr(plan, "refusal", None)
-        if refusal:
-            return ActionResult("set_config", ActionOutcome.FAILED, f"{ref.path}: {refusal}", {"refused": True})
+        if plan.refusal:
+            return ActionResult("set_config", ActionOutcome.FAILED, plan.refusal,
+                                {"refused": True, "code": str(plan.code)})
         try:
-            applied = CE.apply(plan, backup_dir=ctx.state_dir / "backups", clock=ctx.clock)
+            applied = await asyncio.to_thread(CE.apply, plan, backup_dir=ctx.state_dir / "backups", clock=ctx.clock)
         except Exception as e:
             return _fail("set_config", f"cannot write {ref.path}: {str(e)[:300]}")
         changes = [{"key": c.key, "before": c.before, "after": c.after} for c in applied.changes]
@@ -181,8 +181,6 @@ def _describe(details: Mapping[str, Any]) -> str:
 
 
 async def do_rollback(ctx: ActionContext) -> ActionResult:
-    from watchdog.remediation import snapshots as SN
-
     step: P.RollbackStep = ctx.step
     refs = [ctx.target.config_files[step.config]] if step.config else list(ctx.target.config_files.values())
     if not refs or any(r is None for r in refs):
@@ -192,15 +190,15 @@ async def do_rollback(ctx: ActionContext) -> ActionResult:
         try:
             if step.source == "git":
                 git = SN.GitHistory(refs[0].path.parent)
-                restored = git.restore_last_good(store, [r.path for r in refs],
-                                                 backup_dir=ctx.state_dir / "backups")
+                restored = await asyncio.to_thread(git.restore_last_good, store, [r.path for r in refs],
+                                                   backup_dir=ctx.state_dir / "backups")
                 desc = f"restored from git commit {restored.snapshot_id}"
             else:
                 snap = store.last_good()
                 if snap is None:
                     return _fail("rollback_config", "no last-known-good snapshot yet (the target was never ready "
                                  "for the soak time)")
-                restored = store.restore(snap, backup_dir=ctx.state_dir / "backups")
+                restored = await asyncio.to_thread(store.restore, snap, backup_dir=ctx.state_dir / "backups")
                 desc = f"restored snapshot {snap.id}"
         except Exception as e:
             return _fail("rollback_config", f"rollback failed: {str(e)[:300]}")
