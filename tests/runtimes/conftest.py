@@ -3,9 +3,11 @@ uniquely named containers running tests/runtimes/ctlapp.py on the host runtime, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +62,20 @@ def docker_client() -> Iterator[Any]:
         _unavailable(f"image {IMAGE} is missing")
     yield client
     client.close()
+
+
+async def until(pred: Callable[[], Any], limit_s: float = 15.0, every: float = 0.05) -> Any:
+    """Poll an (a)sync predicate until it is truthy; fail with a clear message at the deadline."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        v = pred()
+        if asyncio.iscoroutine(v):
+            v = await v
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {limit_s} s")
+        await asyncio.sleep(every)
 
 
 def write_ctl(ctl: Path, name: str, arg: str) -> None:

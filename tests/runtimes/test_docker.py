@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import tarfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from .conftest import docker_base_url, write_ctl
 from watchdog.adapters.docker import DockerRuntime, DockerRuntimeSettings
 from watchdog.errors import RuntimeUnavailable
 from watchdog.model import RunState, RuntimeEvent
+
+from .conftest import docker_base_url, until, write_ctl
 
 pytestmark = pytest.mark.docker
 
@@ -25,24 +25,10 @@ def rt_for(**kw: Any) -> DockerRuntime:
     return DockerRuntime(DockerRuntimeSettings(docker_host=docker_base_url(), api_timeout_s=30, **kw))
 
 
-async def until(pred: Callable[[], Any], timeout: float = 15.0, every: float = 0.05) -> Any:
-    """Poll an (a)sync predicate until it is truthy; fail with a clear message at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(every)
-
-
-async def next_event(it: AsyncIterator[RuntimeEvent], kinds: set[str], timeout: float = 15.0) -> list[RuntimeEvent]:
+async def next_event(it: AsyncIterator[RuntimeEvent], kinds: set[str], limit_s: float = 15.0) -> list[RuntimeEvent]:
     """Read events until one of `kinds` arrives; return all read (in order)."""
     seen: list[RuntimeEvent] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         async for ev in it:
             seen.append(ev)
             if ev.kind in kinds:
@@ -138,7 +124,7 @@ async def test_real_cgroup_oom_kill(make_container: Callable[..., Any], ctl_dir:
     try:
         it = await subscribed(rt)
         write_ctl(ctl_dir, "alloc", "1")
-        seen = await next_event(it, {"die"}, timeout=30)
+        seen = await next_event(it, {"die"}, limit_s=30)
         kinds = [e.kind for e in seen]
         assert "oom" in kinds, kinds
         st = await rt.state()
@@ -221,7 +207,7 @@ async def test_recreate_with_new_env(make_container: Callable[..., Any], docker_
         assert [x.name for x in docker_client.containers.list(all=True, filters={"name": c.name})] == [c.name]
         # the process really has it
         pid = new.attrs["State"]["Pid"]
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        environ = (await asyncio.to_thread(Path(f"/proc/{pid}/environ").read_bytes)).split(b"\0")
         assert b"MARK=new" in environ
         await until(lambda: b"MARK=new" in new.logs())
         assert (await rt.state()).id == new.id

@@ -607,7 +607,8 @@ class DockerRuntime:
                                   "space_reclaimed": 0, "kept_container": sorted(keep_ids), "kept_image": keep_image,
                                   "volumes": "never pruned", "notes": []}
         if containers:
-            rows = api.containers(all=True, size=True, filters={"status": ["exited", "created", "dead"], **label_filter})
+            stopped = {"status": ["exited", "created", "dead"], **label_filter}
+            rows = api.containers(all=True, size=True, filters=stopped)
             for r in rows:
                 names = [n.lstrip("/") for n in r.get("Names") or []]
                 is_target = r["Id"] in keep_ids or (self._name and self._name in names)
