@@ -27,6 +27,13 @@ def classify_http_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "timeout"
     if isinstance(exc, httpx.ConnectError):
+        cause: BaseException | None = exc
+        for _ in range(8):  # anyio wraps the OSError: "All connection attempts failed" <- ConnectionRefusedError
+            if cause is None:
+                break
+            if isinstance(cause, ConnectionRefusedError):
+                return "connection_refused"
+            cause = cause.__cause__ or cause.__context__
         text = str(exc).lower()
         if "refused" in text or "errno 111" in text or "connect call failed" in text:
             return "connection_refused"
