@@ -87,9 +87,9 @@ async def alerts_for(base: str, fingerprint: str) -> list[dict]:
         return r.json()
 
 
-async def wait_for(pred, base: str, fingerprint: str, timeout: float = 10.0) -> list[dict]:
+async def wait_for(pred, base: str, fingerprint: str, within_s: float = 10.0) -> list[dict]:
     """Poll the real Alertmanager until `pred(alerts)` holds (it processes alerts asynchronously)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while True:
         got = await alerts_for(base, fingerprint)
         if pred(got) or time.monotonic() > deadline:

@@ -56,8 +56,10 @@ def build_all(cfg: WatchdogConfig, client: httpx.AsyncClient, clock: Clock) -> d
     parsed, problems = _parsed(cfg, "watchdog.yaml")
     if problems:
         raise ConfigError(problems)
-    return {name: build_notifier(name, rc, client, clock, base_dir=cfg.config_dir, source="watchdog.yaml")
-            for name, rc in parsed}
+    return {
+        name: build_notifier(name, rc, client, clock, base_dir=cfg.config_dir, source="watchdog.yaml")
+        for name, rc in parsed
+    }
 
 
 def router_for(cfg: WatchdogConfig, receivers: set[str]) -> Callable[[Notification, float], list[str]]:
