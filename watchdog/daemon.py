@@ -454,10 +454,17 @@ class Daemon:
     def _repeat_notifications(self) -> None:
         now = self.clock.time()
         every = self.cfg.notify.repeat_interval_s
+        am = {r.name for r in self.cfg.notify.receivers if r.type == "alertmanager"}
         for inc in self.store.open_incidents():
             last = self.store.get(f"notified:{inc.id}")
             if last is not None and now - float(last) >= every:
                 self.emit(Edge(EventKind.REPEAT, inc, {"reason": f"still open after {int(now - inc.opened_at)} s"}))
+            elif am and self.pipeline is not None:
+                # Alertmanager closes an alert at its endsAt (now + resolve window): re-send while open
+                last_am = float(self.store.get(f"am_resent:{inc.id}", last or 0) or 0)
+                if last is not None and now - last_am >= self.cfg.notify.alertmanager_resend_s:
+                    self.store.put(f"am_resent:{inc.id}", now)
+                    self.pipeline.resend(Edge(EventKind.REPEAT, inc, {"reason": "still open"}), am)
 
     # ------------------------------------------------------------------ HTTP endpoint
     async def handle_http(self, path: str) -> tuple[int, str, bytes]:

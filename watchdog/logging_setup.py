@@ -27,8 +27,8 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) ->
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_processor,
             structlog.processors.format_exc_info,
+            redact_processor,  # after the traceback is text, before anything is rendered
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),

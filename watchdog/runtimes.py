@@ -22,12 +22,10 @@ def build_runtime(t: TargetConfig) -> Runtime | None:
     if rc is None:
         return None
     if isinstance(rc, ProcessRuntimeConfig):
-        from watchdog.adapters.process import ProcessRuntime
+        from watchdog.adapters.process import ProcessRuntime, ProcessRuntimeSettings
 
-        proc: Any = ProcessRuntime(
-            command=list(rc.command), env=dict(rc.env), env_file=rc.env_file, cwd=rc.cwd,
-            stop_timeout_s=rc.stop_timeout_s,
-        )
+        proc: Any = ProcessRuntime(ProcessRuntimeSettings(**{
+            k: v for k, v in rc.model_dump().items() if k in ProcessRuntimeSettings.model_fields}))
         return proc  # type: ignore[no-any-return]
     if isinstance(rc, DockerRuntimeConfig):
         from watchdog.adapters.docker import DockerRuntime, DockerRuntimeSettings

@@ -172,6 +172,9 @@ class NotifyConfig(Strict):
     route: dict[str, Any] | None = Field(None, description="Routing tree; default: every receiver")
     group_wait_s: float = Field(1.0, ge=0, description="Edges of one target that open together: one message")
     repeat_interval_s: float = Field(3600.0, gt=0, description="Re-notify an incident that stays open")
+    alertmanager_resend_s: float = Field(
+        60.0, gt=0, description="Re-send open incidents to Alertmanager receivers (before their endsAt)"
+    )
     max_attempts: int = Field(20, ge=1, description="Delivery attempts before the dead-letter state")
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)

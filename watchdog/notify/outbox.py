@@ -59,9 +59,11 @@ def notification_from_edge(
         details["remedy"] = inc.remedy
     if "action" in d:
         details["action"] = {k: d[k] for k in ("action", "policy", "step", "of", "attempt", "dry_run") if k in d}
-    for k in ("outcome", "reason", "changes", "file", "snapshot", "from"):
+    for k in ("outcome", "reason", "changes", "file", "snapshot"):
         if k in d:
             details[k] = d[k]
+    if edge.event == EventKind.ESCALATED and "from" in d:
+        details["previous_severity"] = d["from"]
     details["runbook"] = d.get("runbook") or RUNBOOK.get(
         inc.kind, "See the incident's evidence and history: `vllm-watchdog explain " + str(inc.id) + "`."
     )
@@ -185,21 +187,28 @@ class NotifyPipeline:
                 self.store.put(f"grouped_into:{e.incident.id}", primary.incident.id)
         self._emit(primary, tuple(e.incident for e in rest))
 
-    def _emit(self, edge: Edge, grouped: tuple[Incident, ...]) -> None:
+    def resend(self, edge: Edge, receivers: set[str]) -> None:
+        """Re-send an open incident to some receivers only (Alertmanager expects re-sends every 30 s–3 min)."""
+        self._emit(edge, (), only=receivers)
+
+    def _emit(self, edge: Edge, grouped: tuple[Incident, ...], only: set[str] | None = None) -> None:
         now = self.clock.time()
         n = notification_from_edge(edge, now=now, status_url=self.status_url, grouped=grouped)
         self.on_notification(n)
         inc = edge.incident
         silenced = self.store.silenced(inc.target, inc.kind, now)
+        # routing decides who hears an opening; every later edge of the incident also goes to the
+        # receivers that got the opening (a P1 opened in business hours keeps its evening resolve)
+        openers = set() if edge.event == EventKind.OPENED else self.store.receivers_sent(inc.fingerprint, inc.id)
         if edge.event == EventKind.RESOLVED:
-            targets = self.store.receivers_sent(inc.fingerprint, inc.id)
-            if not silenced:
-                targets |= set(self.route(n, now))
+            targets = openers | (set() if silenced else set(self.route(n, now)))
         elif silenced:
             log.info("notification silenced", incident=inc.id, silence=silenced.id, reason=silenced.reason)
             return
+        elif only is not None:
+            targets = openers & only
         else:
-            targets = set(self.route(n, now))
+            targets = openers | set(self.route(n, now))
         targets &= self.receivers()
         if not targets:
             return
@@ -215,7 +224,8 @@ class NotifyPipeline:
                     payload=payload,
                     now=now,
                 )
-            self.store.put(f"notified:{inc.id}", now)
+            if only is None:
+                self.store.put(f"notified:{inc.id}", now)
         self.on_enqueued()
 
 

@@ -218,22 +218,12 @@ async def do_rollback(ctx: ActionContext) -> ActionResult:
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
+    from watchdog.adapters.process import read_env_file
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return out
-    for line in text.splitlines():
-        s = line.strip()
-        if not s or s.startswith("#") or "=" not in s:
-            continue
-        s = s.removeprefix("export ").strip()
-        k, v = s.split("=", 1)
-        v = v.strip()
-        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
-            v = v[1:-1]
-        out[k.strip()] = v
-    return out
+        return read_env_file(path)
+    except (OSError, UnicodeDecodeError):
+        return {}
 
 
 async def do_prune(ctx: ActionContext) -> ActionResult:
