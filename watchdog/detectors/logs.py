@@ -3,9 +3,9 @@ and turn the first occurrence of each failure class into a Finding. Stage: detec
 
 The catalog holds regex *families* for every vLLM version of reference/vllm.md §3 (log strings change
 between versions). Each entry names an incident kind, a severity, whether a restart helps, and the
-remedy of the §3.8 decision table. Speed: one combined case-insensitive keyword alternation is
-searched first; only the rare line that contains a keyword runs the entry regexes, in catalog order
-(first match wins). Lines are classified on their first `MAX_CLASSIFY_CHARS` characters.
+remedy of the §3.8 decision table. Speed: one combined alternation of the (lower-case) keywords is
+searched first in the lower-cased line; only the rare line that contains a keyword runs the entry
+regexes, in catalog order (first match wins). Lines are classified on their first `MAX_CLASSIFY_CHARS` characters.
 
 This module never does I/O except reading the catalog files at load time, never acts, and never
 raises on a log line. A bad catalog file raises `ConfigError` with `Problem`s naming the file, the
@@ -94,9 +94,8 @@ class LogCatalog:
         self.patterns: tuple[LogPattern, ...] = tuple(patterns)
         kws = sorted({k.lower() for p in self.patterns for k in p.keywords}, key=len, reverse=True)
         self._always = any(not p.keywords for p in self.patterns)
-        self._prefilter: re.Pattern[str] | None = (
-            re.compile("|".join(re.escape(k) for k in kws), re.IGNORECASE) if kws else None
-        )
+        # searched in the lower-cased line: re.IGNORECASE makes the alternation about 10x slower
+        self._prefilter: re.Pattern[str] | None = re.compile("|".join(re.escape(k) for k in kws)) if kws else None
         self._lower_kws: tuple[tuple[str, ...], ...] = tuple(
             tuple(k.lower() for k in p.keywords) for p in self.patterns
         )
@@ -196,15 +195,12 @@ class LogCatalog:
     def classify(self, line: str) -> LogMatch | None:
         """The first entry matching `line`, or None. Never raises."""
         text = line if len(line) <= MAX_CLASSIFY_CHARS else line[:MAX_CLASSIFY_CHARS]
-        if self._prefilter is not None and self._prefilter.search(text) is None and not self._always:
+        low = text.lower()
+        if not self._always and (self._prefilter is None or self._prefilter.search(low) is None):
             return None
-        low: str | None = None
         for p, kws in zip(self.patterns, self._lower_kws, strict=True):
-            if kws:
-                if low is None:
-                    low = text.lower()
-                if not any(k in low for k in kws):
-                    continue
+            if kws and not any(k in low for k in kws):
+                continue
             m = p.regex.search(text)
             if m is not None:
                 groups = {k: v for k, v in m.groupdict().items() if v is not None}
