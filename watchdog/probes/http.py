@@ -18,23 +18,7 @@ import httpx
 
 from watchdog.clock import Clock
 from watchdog.model import ProbeResult, Status
-
-
-def _classify_error(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.ConnectError):
-        text = str(exc).lower()
-        if "refused" in text or "errno 111" in text or "connect call failed" in text:
-            return "connection_refused"
-        if "certificate" in text or "ssl" in text:
-            return "tls_error"
-        return "connect_error"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "protocol_error"
-    if isinstance(exc, httpx.HTTPError):
-        return "http_error"
-    return exc.__class__.__name__
+from watchdog.probes.metrics import classify_http_error
 
 
 class HttpProbe:
@@ -85,7 +69,7 @@ class HttpProbe:
         try:
             resp = await self._run()
         except (TimeoutError, httpx.HTTPError, OSError) as e:
-            err = _classify_error(e)
+            err = classify_http_error(e)
             return self._result(Status.FAIL, f"{self.path}: {err}", {"error": err}, t0)
         return self._judge(resp, t0)
 
