@@ -1,0 +1,432 @@
+"""systemd runtime adapter: a vLLM server that runs as a systemd unit, seen and handled through
+`systemctl` and `journalctl`.
+
+Stage: observe + act (adapter). It parses `systemctl show` into a RuntimeState, reads the unit's new
+journal lines with a cursor, restarts / starts / stops the unit, and reports the environment the unit
+runs with. Events are derived by polling the state (systemd has no push channel we can use without
+D-Bus). Every command goes through an injectable async command runner (argv lists, never a shell), so
+command construction and output parsing are tested with recorded outputs: PID 1 is not systemd on the
+machines this project is developed on. It must never decide anything, never edit unit files, and never
+log the unit's environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from watchdog.clock import Clock, SystemClock
+from watchdog.errors import RuntimeUnavailable
+from watchdog.model import ActionOutcome, ActionResult, LogLine, RunState, RuntimeEvent, RuntimeState
+
+SHOW_PROPERTIES = (
+    "Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "ExecMainPID", "ExecMainCode",
+    "ExecMainStatus", "NRestarts", "ExecMainStartTimestamp",
+)
+ENV_PROPERTIES = ("Environment", "EnvironmentFiles")
+
+#: stderr of systemctl/journalctl when systemd (or its bus) cannot be reached
+_UNREACHABLE_MARKERS = (
+    "System has not been booted with systemd",
+    "Failed to connect to bus",
+    "Failed to get D-Bus connection",
+    "Failed to connect to system scope bus",
+    "Failed to connect to user scope bus",
+)
+
+
+class SystemdRuntimeSettings(BaseModel):
+    """A unit to watch. `unit`, `user` and `stop_timeout_s` match the config's `runtime: {type: systemd}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["systemd"] = "systemd"
+    unit: str = Field(min_length=1, description="Unit name; '.service' is added when no suffix is given")
+    user: bool = Field(False, description="A user unit (systemctl --user, journalctl --user-unit)")
+    stop_timeout_s: float = Field(90.0, ge=0, description="Stop grace before `systemctl kill -s SIGKILL`")
+    systemctl: str = Field("systemctl", description="systemctl binary")
+    journalctl: str = Field("journalctl", description="journalctl binary")
+    command_timeout_s: float = Field(30.0, gt=0, description="Timeout of one systemctl/journalctl call")
+    poll_interval_s: float = Field(1.0, gt=0, description="State polling period of events()")
+    no_block: bool = Field(
+        True, description="start with --no-block: return once the job is queued (readiness is verified by probes)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+#: (argv, timeout_s) → result. Raises RuntimeUnavailable when the binary is missing, TimeoutError on timeout.
+CommandRunner = Callable[[Sequence[str], float], Awaitable[CommandResult]]
+
+
+async def run_command(argv: Sequence[str], timeout_s: float) -> CommandResult:
+    """The real runner: exec (no shell), bounded by `timeout_s` (the child is killed on timeout)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+    except FileNotFoundError as e:
+        raise RuntimeUnavailable(f"{argv[0]} not found: is systemd installed?") from e
+    except OSError as e:
+        raise RuntimeUnavailable(f"cannot run {argv[0]}: {e.strerror or e}") from e
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return CommandResult(proc.returncode or 0, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+
+def parse_show(text: str) -> dict[str, str]:
+    """`systemctl show` output (KEY=VALUE lines) → dict; a value may itself contain '='."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            out[k.strip()] = v
+    return out
+
+
+def parse_timestamp(value: str) -> float | None:
+    """`@1700000000` (--timestamp=unix) or `Mon 2024-01-15 10:00:00 UTC`; empty/`n/a` → None."""
+    v = value.strip()
+    if not v or v == "n/a" or v == "0":
+        return None
+    if v.startswith("@"):
+        try:
+            return float(v[1:])
+        except ValueError:
+            return None
+    parts = v.split()
+    if len(parts) >= 3 and parts[-1] in ("UTC", "GMT"):
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(" ".join(parts[1:3]), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return None
+
+
+def _int(v: str | None) -> int | None:
+    try:
+        return int(v) if v not in (None, "", "[not set]") else None
+    except ValueError:
+        return None
+
+
+def state_from_show(props: Mapping[str, str]) -> RuntimeState:
+    """Map `systemctl show` properties to a RuntimeState. An exit with status 0 is EXITED like any other
+    (vLLM exits 0 after its engine dies, so `Restart=on-failure` does not restart it)."""
+    unit = props.get("Id") or None
+    load, active, sub = props.get("LoadState", ""), props.get("ActiveState", ""), props.get("SubState", "")
+    result = props.get("Result", "")
+    detail = f"ActiveState={active} SubState={sub} Result={result}".strip()
+    if load == "not-found":
+        return RuntimeState(state=RunState.MISSING, id=unit, detail=f"unit not found (LoadState={load})")
+    if active in ("active", "reloading"):
+        state = RunState.RUNNING
+    elif active == "activating":
+        state = RunState.RESTARTING if sub == "auto-restart" else RunState.STARTING
+    elif active in ("inactive", "failed", "deactivating"):
+        state = RunState.EXITED
+    else:
+        state = RunState.UNKNOWN
+    code, status = _int(props.get("ExecMainCode")), _int(props.get("ExecMainStatus"))
+    exit_code: int | None = None
+    if state is not RunState.RUNNING and code is not None and status is not None:
+        exit_code = status if code == 1 else 128 + status if code in (2, 3) else None  # CLD_EXITED / KILLED / DUMPED
+    pid = (_int(props.get("MainPID")) or _int(props.get("ExecMainPID"))) if state is RunState.RUNNING else None
+    return RuntimeState(
+        state=state,
+        exit_code=exit_code,
+        oom_killed=result == "oom-kill",
+        restart_count=_int(props.get("NRestarts")) or 0,
+        started_at=parse_timestamp(props.get("ExecMainStartTimestamp", "")),
+        pid=pid or None,
+        id=unit,
+        detail=detail,
+    )
+
+
+def parse_environment(value: str) -> dict[str, str]:
+    """`Environment=A=1 "B=x y"` → {"A": "1", "B": "x y"}."""
+    out: dict[str, str] = {}
+    try:
+        items = shlex.split(value)
+    except ValueError:
+        items = value.split()
+    for item in items:
+        k, sep, v = item.partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
+def parse_environment_files(value: str) -> list[tuple[Path, bool]]:
+    """`EnvironmentFiles=/etc/a.env (ignore_errors=no)` (one or more) → [(path, ignore_errors)]."""
+    out: list[tuple[Path, bool]] = []
+    for chunk in value.split(")"):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        path, _, flags = chunk.partition(" (")
+        out.append((Path(path.strip()), "ignore_errors=yes" in flags))
+    return out
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """systemd EnvironmentFile syntax (the common subset): KEY=VALUE, comments, quotes, `export`."""
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        s = line.strip()
+        if not s or s[0] in "#;" or "=" not in s:
+            continue
+        s = s.removeprefix("export ").strip()
+        k, v = s.split("=", 1)
+        v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+            v = v[1:-1]
+        out[k.strip()] = v
+    return out
+
+
+def parse_journal_json(text: str) -> list[tuple[str, LogLine]]:
+    """`journalctl -o json` lines → [(cursor, LogLine)]; binary MESSAGEs (byte arrays) are decoded."""
+    out: list[tuple[str, LogLine]] = []
+    for raw in text.splitlines():
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            entry = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        msg = entry.get("MESSAGE")
+        if isinstance(msg, list):
+            msg = bytes(b & 0xFF for b in msg if isinstance(b, int)).decode("utf-8", "replace")
+        elif msg is None:
+            msg = ""
+        at: float | None = None
+        with contextlib.suppress(TypeError, ValueError):
+            at = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
+        out.append((str(entry.get("__CURSOR", "")), LogLine(text=str(msg).rstrip("\n"), at=at)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- runtime
+
+
+def _unit_name(unit: str) -> str:
+    return unit if "." in unit else f"{unit}.service"
+
+
+class SystemdRuntime:
+    """`watchdog.protocols.Runtime` for a systemd unit."""
+
+    kind: str = "systemd"
+
+    def __init__(
+        self, settings: SystemdRuntimeSettings, *, runner: CommandRunner = run_command, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings
+        self.unit = _unit_name(settings.unit)
+        self._runner = runner
+        self._clock = clock or SystemClock()
+        self._cursor: str | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ commands
+
+    def systemctl_argv(self, *args: str) -> list[str]:
+        s = self.settings
+        return [s.systemctl, *(["--user"] if s.user else []), *args]
+
+    def journalctl_argv(self, max_lines: int) -> list[str]:
+        s = self.settings
+        unit_sel = ["--user", f"--user-unit={self.unit}"] if s.user else [f"--unit={self.unit}"]
+        argv = [s.journalctl, *unit_sel, "--output=json", "--no-pager", f"--lines={max_lines}",
+                "--output-fields=MESSAGE"]
+        if self._cursor:
+            argv.append(f"--after-cursor={self._cursor}")
+        return argv
+
+    async def _run(self, argv: Sequence[str], timeout_s: float | None = None) -> CommandResult:
+        if self._closed:
+            raise RuntimeUnavailable("systemd runtime is closed")
+        res = await self._runner(list(argv), timeout_s if timeout_s is not None else self.settings.command_timeout_s)
+        if res.returncode != 0 and any(m in res.stderr for m in _UNREACHABLE_MARKERS):
+            raise RuntimeUnavailable(f"systemd cannot be reached: {res.stderr.strip().splitlines()[0][:200]}")
+        return res
+
+    async def _show(self, props: Sequence[str]) -> dict[str, str]:
+        res = await self._run(self.systemctl_argv("show", self.unit, "--no-pager", "--timestamp=unix",
+                                                  f"--property={','.join(props)}"))
+        if res.returncode != 0:
+            err = res.stderr.strip()[:200]
+            raise RuntimeUnavailable(f"systemctl show {self.unit} failed ({res.returncode}): {err}")
+        return parse_show(res.stdout)
+
+    # ------------------------------------------------------------------ observe
+
+    async def state(self) -> RuntimeState:
+        return state_from_show(await self._show(SHOW_PROPERTIES))
+
+    async def is_active(self) -> str:
+        """`systemctl is-active UNIT`: active, inactive, failed, activating, … (exit 0 only for active)."""
+        res = await self._run(self.systemctl_argv("is-active", self.unit))
+        return res.stdout.strip() or "unknown"
+
+    async def effective_env(self) -> Mapping[str, str]:
+        """The running main process's environment (/proc) when readable, else the unit's Environment= merged
+        with its EnvironmentFiles (files override, later files win — systemd's order)."""
+        props = await self._show((*ENV_PROPERTIES, "MainPID"))
+        pid = _int(props.get("MainPID"))
+        if pid:
+            with contextlib.suppress(OSError):
+                raw = await asyncio.to_thread(Path(f"/proc/{pid}/environ").read_bytes)
+                return dict(
+                    item.decode("utf-8", "replace").partition("=")[::2] for item in raw.split(b"\0") if item
+                )
+        env = parse_environment(props.get("Environment", ""))
+        for path, ignore_errors in parse_environment_files(props.get("EnvironmentFiles", "")):
+            try:
+                env.update(await asyncio.to_thread(read_env_file, path))
+            except OSError as e:
+                if not ignore_errors:
+                    raise RuntimeUnavailable(f"cannot read EnvironmentFile {path}: {e.strerror}") from e
+        return env
+
+    async def read_logs(self, max_lines: int = 2000) -> list[LogLine]:
+        """New journal lines after the last cursor, at most `max_lines` per call. The first call reads the
+        newest `max_lines` of the unit's current run; later calls continue from the cursor (oldest first), so
+        a burst is delivered over several calls rather than skipped."""
+        max_lines = max(1, int(max_lines))
+        first = self._cursor is None
+        since: float | None = None
+        if first:
+            with contextlib.suppress(RuntimeUnavailable):
+                since = (await self.state()).started_at
+        res = await self._run(self.journalctl_argv(max_lines))
+        if res.returncode != 0 and not res.stdout:
+            raise RuntimeUnavailable(f"journalctl failed ({res.returncode}): {res.stderr.strip()[:200]}")
+        entries = parse_journal_json(res.stdout)
+        if entries:
+            self._cursor = entries[-1][0] or self._cursor
+        lines = [ln for _, ln in entries]
+        if first and since is not None:
+            lines = [ln for ln in lines if ln.at is None or ln.at >= since]
+        return lines[-max_lines:]
+
+    async def events(self) -> AsyncIterator[RuntimeEvent]:
+        """Derived by polling the state every poll_interval_s: die / start / restart, and
+        systemd_unreachable / systemd_reachable edges. Never raises."""
+        prev: RuntimeState | None = None
+        reachable = True
+        while not self._closed:
+            try:
+                cur = await self.state()
+            except RuntimeUnavailable as e:
+                if reachable:
+                    reachable = False
+                    yield RuntimeEvent("systemd_unreachable", self._clock.time(), attributes={"error": str(e)[:200]})
+            else:
+                if not reachable:
+                    reachable = True
+                    yield RuntimeEvent("systemd_reachable", self._clock.time())
+                if prev is not None:
+                    for ev in self._diff(prev, cur):
+                        yield ev
+                prev = cur
+            await self._clock.sleep(self.settings.poll_interval_s)
+
+    def _diff(self, prev: RuntimeState, cur: RuntimeState) -> list[RuntimeEvent]:
+        now = self._clock.time()
+        attrs = {"unit": self.unit}
+        was_up = prev.state in (RunState.RUNNING, RunState.STARTING)
+        is_up = cur.state in (RunState.RUNNING, RunState.STARTING)
+        out: list[RuntimeEvent] = []
+        if cur.restart_count > prev.restart_count or (
+            was_up and is_up and cur.started_at is not None and cur.started_at != prev.started_at
+        ):
+            # died and was restarted between two polls (systemd Restart=): both edges
+            out.append(RuntimeEvent("die", now, exit_code=cur.exit_code, attributes={**attrs, "between_polls": "true"}))
+            out.append(RuntimeEvent("restart", now, attributes={**attrs, "n_restarts": str(cur.restart_count)}))
+        elif was_up and not is_up:
+            out.append(RuntimeEvent("die", now, exit_code=cur.exit_code, attributes=attrs))
+        elif not was_up and is_up:
+            out.append(RuntimeEvent("start", now, attributes=attrs))
+        if cur.oom_killed and not prev.oom_killed:
+            out.append(RuntimeEvent("oom", now, attributes=attrs))
+        return out
+
+    # ------------------------------------------------------------------ act
+
+    async def _act(self, action: str, *args: str, timeout_s: float | None = None) -> ActionResult:
+        argv = self.systemctl_argv(*args)
+        res = await self._run(argv, timeout_s)
+        if res.returncode != 0:
+            return ActionResult(action, ActionOutcome.FAILED,
+                                f"{' '.join(argv[-2:])} exited {res.returncode}: {res.stderr.strip()[:300]}")
+        return ActionResult(action, ActionOutcome.OK, f"{' '.join(args)} done", {"unit": self.unit})
+
+    async def start(self) -> ActionResult:
+        return await self._act("start", "start", *(["--no-block"] if self.settings.no_block else []), self.unit)
+
+    async def stop(self, timeout_s: float = 10.0) -> ActionResult:
+        """`systemctl stop`, bounded by timeout_s; past it, `systemctl kill --signal=SIGKILL` the unit."""
+        try:
+            return await self._act("stop", "stop", self.unit, timeout_s=timeout_s + 5.0)
+        except TimeoutError:
+            res = await self._act("stop", "kill", "--signal=SIGKILL", self.unit)
+            if not res.ok:
+                return res
+            return ActionResult("stop", ActionOutcome.OK, f"stop timed out after {timeout_s:g} s: SIGKILL sent",
+                                {"unit": self.unit, "killed": True})
+
+    async def restart(self, timeout_s: float = 10.0) -> ActionResult:
+        """Stop (SIGKILL after timeout_s) then start, so the stop grace is ours and not the unit's TimeoutStopSec."""
+        stopped = await self.stop(timeout_s)
+        if not stopped.ok:
+            return ActionResult("restart", stopped.outcome, stopped.reason, stopped.details)
+        started = await self.start()
+        return ActionResult("restart", started.outcome, f"{stopped.reason}; {started.reason}",
+                            {**dict(stopped.details), **dict(started.details)})
+
+    async def recreate(self, env: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> ActionResult:
+        """A restart: the unit re-reads its EnvironmentFile at start (`env` must already be in that file;
+        the caller verifies it with effective_env)."""
+        res = await self.restart(timeout_s)
+        return ActionResult("recreate", res.outcome, res.reason, res.details)
+
+    async def close(self) -> None:
+        self._closed = True
+
+
+__all__ = [
+    "CommandResult",
+    "CommandRunner",
+    "SystemdRuntime",
+    "SystemdRuntimeSettings",
+    "parse_environment",
+    "parse_environment_files",
+    "parse_journal_json",
+    "parse_show",
+    "run_command",
+    "state_from_show",
+]
