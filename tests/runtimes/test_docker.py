@@ -275,3 +275,45 @@ async def test_unreachable_engine_raises_and_backs_off(tmp_path: Path) -> None:
             await asyncio.wait_for(it.__anext__(), 0.5)
     finally:
         await rt.close()
+
+
+async def test_hung_daemon_times_out_as_unavailable(tmp_path: Path) -> None:
+    """A daemon that accepts but never answers gives RuntimeUnavailable after the API timeout, not a hang."""
+    import socket
+
+    path = tmp_path / "hung.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(8)
+    rt = DockerRuntime(DockerRuntimeSettings(container="x", docker_host=f"unix://{path}", api_timeout_s=0.5))
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(RuntimeUnavailable, match="unreachable"):
+                await rt.state()
+    finally:
+        await rt.close()
+        srv.close()
+
+
+async def test_compose_recreate_runs_compose_and_verifies(make_container: Callable[..., Any], tmp_path: Path) -> None:
+    """With compose labels and a compose_file, recreate runs `compose up -d --force-recreate SERVICE` with the new
+    env in its environment, then checks the container: unchanged env is reported as a failure."""
+    proj = f"wdrtp{uuid.uuid4().hex[:6]}"
+    c = make_container(env={"MARK": "old"},
+                       labels={"com.docker.compose.project": proj, "com.docker.compose.service": "vllm"})
+    record = tmp_path / "argv.txt"
+    fake = tmp_path / "fake-compose"
+    fake.write_text(f'#!/bin/sh\necho "$@ MARK=$MARK" >> {record}\nexit 0\n')
+    fake.chmod(0o755)
+    cfile = tmp_path / "compose.yaml"
+    cfile.write_text("services: {}\n")
+    rt = rt_for(compose_project=proj, compose_service="vllm", compose_file=cfile, compose_command=[str(fake)])
+    try:
+        res = await rt.recreate({"MARK": "new"}, timeout_s=3)
+        assert not res.ok and "MARK" in res.reason  # the fake compose changed nothing: caught by the check
+        lines = record.read_text().splitlines()
+        assert lines[0] == "version MARK="
+        assert lines[1] == f"-f {cfile} -p {proj} up -d --force-recreate --no-deps --timeout 3 vllm MARK=new"
+        assert (await rt.state()).id == c.id
+    finally:
+        await rt.close()
