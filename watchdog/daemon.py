@@ -386,6 +386,10 @@ class Daemon:
 
     async def on_runtime_event(self, tw: TargetWatch, ev: RuntimeEvent) -> None:
         log.info("runtime event", target=tw.cfg.name, event=ev.kind, exit_code=ev.exit_code)
+        if ev.kind in ("die", "exit", "kill", "stop") and (
+            ev.attributes.get("requested") == "true" or self.remediator.busy(tw.cfg.name)
+        ):
+            return  # our own restart/stop: not a crash
         if ev.kind in ("die", "exit", "oom"):
             # read the last log lines first, so that the cause (CUDA OOM, engine death…) is known before
             # remediation picks a ladder

@@ -243,8 +243,8 @@ def load_policy_text(text: str, file: str) -> list[Policy]:
             p = problem_from_error(err, file, lines, data, PolicyFile)
             if err.get("type") == "union_tag_invalid":
                 bad = err.get("ctx", {}).get("tag", "?")
-                p = Problem(p.file, p.line, p.field.rsplit(".", 1)[0] + ".action" if ".action" not in p.field
-                            else p.field, f"unknown action '{bad}'", f"known: {', '.join(ACTION_NAMES)}")
+                field = p.field if p.field.endswith(".action") else p.field + ".action"
+                p = Problem(p.file, p.line, field, f"unknown action '{bad}'", f"known: {', '.join(ACTION_NAMES)}")
             problems.append(p)
         raise ConfigError(problems) from None
 
