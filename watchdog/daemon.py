@@ -111,6 +111,8 @@ class Daemon:
         extras_factory: ExtrasFactory | None = None,
         config_path: Path | None = None,
         on_edge: Callable[[Edge], None] | None = None,
+        on_probe_failure: Callable[[str, ProbeResult], None] | None = None,
+        on_delivered: Callable[[Any, Any], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.policies = policies
@@ -120,6 +122,8 @@ class Daemon:
         self.notifier_factory = notifier_factory or default_notifier_factory
         self.extras_factory = extras_factory or default_extras_factory
         self.on_edge = on_edge
+        self.on_probe_failure = on_probe_failure
+        self.on_delivered = on_delivered
         self.metrics = WatchdogMetrics()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.state_dir / "state.db")
@@ -141,6 +145,7 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.sd: Any = None
         self._bg: list[asyncio.Task[Any]] = []
+        self._seq = 0
         self.started_at = self.clock.time()
 
     # ------------------------------------------------------------------ building
@@ -175,7 +180,9 @@ class Daemon:
                                            timeout_s=p.canary.timeout_s, path=p.canary.path, api_key=key, **common)
             trackers["canary"] = ProbeTracker("canary", p.canary, now)
         tw = TargetWatch(cfg=t, runtime=self.runtime_factory(t), probes=probes, trackers=trackers,
-                         health=HealthDetector(t.name), clock=self.clock, client=client)
+                         health=HealthDetector(t.name, crash_loop_exits=t.crash_loop_exits,
+                                               crash_loop_window_s=t.crash_loop_window_s),
+                         clock=self.clock, client=client)
         tw.extras = self.extras_factory(tw)
         if p.logs.enabled and tw.runtime is not None:
             tw.log_detector = make_log_detector(t)
@@ -238,6 +245,8 @@ class Daemon:
         if result.status == Status.FAIL and not tracker.in_grace(now_m):
             log.info("probe failed", target=tw.cfg.name, probe=name, summary=result.summary,
                      consecutive=tracker.failures + 1, threshold=tracker.timing.failure_threshold)
+            if self.on_probe_failure:
+                self.on_probe_failure(tw.cfg.name, result)
         tr = tracker.record(result, now_m)
         for obs in tw.observers:
             try:
@@ -259,8 +268,12 @@ class Daemon:
         return result
 
     def _schedule(self, job_id: str, fn: Callable[[], Awaitable[float]], delay: float) -> None:
+        """Run `fn` after `delay`; its result is the delay of the next run (a chain: one run at a time per
+        job, and a first failure can ask for an immediate re-probe). Each link has its own APScheduler id,
+        since the running link still counts as an instance when it schedules its successor."""
         if self.scheduler is None or self.stop_event.is_set():
             return
+        self._seq += 1
 
         async def run() -> None:
             nxt = 5.0
@@ -271,7 +284,7 @@ class Daemon:
             self._schedule(job_id, fn, nxt)
 
         self.scheduler.add_job(run, "date", run_date=datetime.now(UTC) + timedelta(seconds=max(0.0, delay)),
-                               id=job_id, replace_existing=True, misfire_grace_time=None, max_instances=1)
+                               id=f"{job_id}#{self._seq}", name=job_id, misfire_grace_time=None, max_instances=1)
 
     def _probe_job(self, tw: TargetWatch, name: str) -> Callable[[], Awaitable[float]]:
         async def fn() -> float:
@@ -385,9 +398,9 @@ class Daemon:
                 log.exception("runtime event handling failed", target=tw.cfg.name)
 
     async def on_runtime_event(self, tw: TargetWatch, ev: RuntimeEvent) -> None:
-        log.info("runtime event", target=tw.cfg.name, event=ev.kind, exit_code=ev.exit_code)
+        log.info("runtime event", target=tw.cfg.name, runtime_event=ev.kind, exit_code=ev.exit_code)
         if ev.kind in ("die", "exit", "kill", "stop") and (
-            ev.attributes.get("requested") == "true" or self.remediator.busy(tw.cfg.name)
+            ev.attributes.get("requested") == "true" or self.remediator.acting(tw.cfg.name)
         ):
             return  # our own restart/stop: not a crash
         if ev.kind in ("die", "exit", "oom"):
@@ -419,8 +432,9 @@ class Daemon:
             tw.log_detector.reset()
 
     async def verify_ready(self, tw: TargetWatch) -> bool:
-        """One direct liveness + readiness check (used by remediation verification)."""
-        for name in ("liveness", "readiness"):
+        """One direct liveness + readiness (+ canary completion) check, used by remediation verification:
+        a server that answers /v1/models but dies at its first completion is not healed."""
+        for name in ("liveness", "readiness", "canary"):
             probe = tw.probes.get(name)
             if probe is None:
                 continue
@@ -531,9 +545,14 @@ class Daemon:
             store=self.store, clock=self.clock, notifiers=self.notifiers, metrics=self.metrics,
             max_attempts=self.cfg.notify.max_attempts, backoff_initial_s=self.cfg.notify.backoff_initial_s,
             backoff_max_s=self.cfg.notify.backoff_max_s,
+            on_delivered=self.on_delivered or (lambda row, d: None),
         )
         for t in self.cfg.targets:
             self.targets[t.name] = self._build_target(t)
+        for tw in self.targets.values():
+            if tw.runtime is not None and tw.runtime.kind == "process":
+                res = await tw.runtime.start()  # a server the watchdog spawns itself
+                log.info("spawned server", target=tw.cfg.name, outcome=res.outcome.value, reason=res.reason)
         self.scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
                                                                         "misfire_grace_time": None})
         self.scheduler.start()

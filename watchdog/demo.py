@@ -43,6 +43,8 @@ class FaultRun:
     detected_at: float | None = None
     recovered_at: float | None = None
     actions: list[str] = field(default_factory=list)
+    succeeded: list[str] = field(default_factory=list)
+    until_action: str | None = None  # healed only once this action has worked (e.g. set_config)
     notifications: int = 0
     incident_ids: set[int] = field(default_factory=set)
 
@@ -108,6 +110,7 @@ targets:
     config_files:
       - {{name: vllm-env, path: {work / 'vllm.env'}, format: env}}
     known_good_soak_s: 3
+    crash_loop_exits: 10
     probes:
       liveness: {{period_s: 1, timeout_s: 1, failure_threshold: 2, startup_grace_s: 20}}
       readiness: {{period_s: 1, timeout_s: 1, failure_threshold: 2, startup_grace_s: 20}}
@@ -146,7 +149,7 @@ async def run_demo(fast: bool = False) -> int:
     port, api_port = free_port(), free_port()
     (work / "watchdog.yaml").write_text(_config(work, port, receiver.port, api_port, fast))
     cfg, ps = load_all(str(work / "watchdog.yaml"))
-    setup_logging("console", "info", stream=sys.stdout)
+    setup_logging("console", "warning", stream=sys.stdout)
 
     t0 = time.monotonic()
     current: list[FaultRun] = []
@@ -166,6 +169,8 @@ async def run_demo(fast: bool = False) -> int:
             say(t0, f"REMEDIATION      step {edge.detail.get('step')}/{edge.detail.get('of')} "
                     f"'{edge.detail.get('action')}' (policy {edge.detail.get('policy')})")
         elif edge.event in (EventKind.REMEDIATION_SUCCEEDED, EventKind.REMEDIATION_FAILED):
+            if edge.event == EventKind.REMEDIATION_SUCCEEDED:
+                run.succeeded.append(str(edge.detail.get("action")))
             say(t0, f"VERIFICATION     {edge.detail.get('action')}: {edge.detail.get('outcome')} — "
                     f"{edge.detail.get('reason')}")
         elif edge.event == EventKind.ESCALATED:
@@ -173,7 +178,15 @@ async def run_demo(fast: bool = False) -> int:
         elif edge.event == EventKind.RESOLVED:
             say(t0, f"RESOLVED         {inc.kind} #{inc.id}")
 
-    daemon = Daemon(cfg, ps, on_edge=on_edge)
+    def on_probe_failure(target: str, r: Any) -> None:
+        if current:
+            say(t0, f"PROBE FAILED     {r.probe}: {r.summary}")
+
+    def on_delivered(row: Any, d: Any) -> None:
+        say(t0, f"NOTIFIED         {row.receiver}: {row.event} of incident #{row.incident_id} → {d.outcome.value}"
+                f" ({d.reason})")
+
+    daemon = Daemon(cfg, ps, on_edge=on_edge, on_probe_failure=on_probe_failure, on_delivered=on_delivered)
     runs: list[FaultRun] = []
     code = 1
     try:
@@ -184,16 +197,18 @@ async def run_demo(fast: bool = False) -> int:
             say(t0, "the emulator never became ready")
             return 1
         say(t0, "vLLM emulator is ready; injecting faults one by one")
-        scenario = [
+        scenario: list[tuple[str, str, dict[str, Any] | None, str | None]] = [
             ("engine_death", "engine dies: /health 503, then the process exits 0 (vLLM #48966)",
-             {"fault": "engine_death", "params": {"exit_after_s": 2.0}}),
-            ("cuda_oom x2", "runtime CUDA OOM while gpu_memory_utilization > 0.90: restart, then step it down",
-             {"fault": "cuda_oom", "params": {"above_gmu": 0.90, "exit_after_s": 1.0}}),
-            ("hung_engine", "engine hangs: /health 200, completions never return", {"fault": "hung_engine"}),
-            ("process killed", "SIGKILL of the server process (noticed from the exit, not the next probe)", None),
+             {"fault": "engine_death", "params": {"exit_after_s": 2.0}}, None),
+            ("cuda_oom (recurring)", "runtime CUDA OOM while gpu_memory_utilization > 0.90: it comes back after "
+             "a plain restart, so the ladder steps GPU_MEMORY_UTILIZATION down",
+             {"fault": "cuda_oom", "params": {"above_gmu": 0.90, "exit_after_s": 1.0}}, "set_config"),
+            ("hung_engine", "engine hangs: /health 200, completions never return", {"fault": "hung_engine"}, None),
+            ("process killed", "SIGKILL of the server process (noticed from the exit, not the next probe)", None,
+             None),
         ]
-        for name, desc, fault in scenario:
-            run = FaultRun(name, desc)
+        for name, desc, fault, until in scenario:
+            run = FaultRun(name, desc, until_action=until)
             runs.append(run)
             current.append(run)
             n_before = len(receiver.items)
@@ -249,6 +264,8 @@ async def wait_healed(daemon: Any, run: FaultRun, limit_s: float) -> bool:
         if run.detected_at is None:
             continue
         open_ids = {i.id for i in daemon.store.open_incidents("demo-vllm")}
+        if run.until_action and run.until_action not in run.succeeded:
+            continue
         if not (open_ids & run.incident_ids) and not daemon.remediator.busy("demo-vllm"):
             if await daemon.verify_ready(daemon.targets["demo-vllm"]):
                 run.recovered_at = time.monotonic()

@@ -34,7 +34,7 @@ def setup(tmp_path: Path, receivers: dict[str, RecordingNotifier], route: list[s
 async def test_each_edge_once_to_each_receiver(tmp_path: Path) -> None:
     """An opened and a resolved edge reach every routed receiver exactly once, in order."""
     a, b = RecordingNotifier("a"), RecordingNotifier("b")
-    store, clock, im, pipe, disp = setup(tmp_path, {"a": a, "b": b})
+    _store, clock, im, pipe, disp = setup(tmp_path, {"a": a, "b": b})
     for e in im.apply(finding("service_down"), clock.time()):
         pipe.submit(e)
     for e in im.apply(finding("service_down", active=False), clock.time()):
@@ -48,7 +48,7 @@ async def test_receiver_down_loses_nothing_and_keeps_order(tmp_path: Path) -> No
     """A receiver failing twice gets the open, then the resolve, after backoff; the resolve never overtakes."""
     down = RecordingNotifier("down", [RETRY, RETRY])
     ok = RecordingNotifier("ok")
-    store, clock, im, pipe, disp = setup(tmp_path, {"down": down, "ok": ok})
+    _store, clock, im, pipe, disp = setup(tmp_path, {"down": down, "ok": ok})
     for e in im.apply(finding("service_down"), clock.time()):
         pipe.submit(e)
     for e in im.apply(finding("service_down", active=False), clock.time()):
@@ -66,7 +66,7 @@ async def test_receiver_down_loses_nothing_and_keeps_order(tmp_path: Path) -> No
 async def test_retry_after_is_honoured(tmp_path: Path) -> None:
     """A 429 with Retry-After delays the next attempt at least that long."""
     slow = RecordingNotifier("slow", [Delivery(DeliveryOutcome.RETRYABLE, "429", 429, retry_after_s=30)])
-    store, clock, im, pipe, disp = setup(tmp_path, {"slow": slow})
+    _store, clock, im, pipe, disp = setup(tmp_path, {"slow": slow})
     for e in im.apply(finding("service_down"), clock.time()):
         pipe.submit(e)
     await disp.drain_once()
@@ -111,7 +111,7 @@ async def test_pending_deliveries_survive_restart(tmp_path: Path) -> None:
 async def test_grouping_one_message_for_incidents_opening_together(tmp_path: Path) -> None:
     """Incidents of one target that open within group_wait are one notification listing the others."""
     r = RecordingNotifier("r")
-    store, clock, im, pipe, disp = setup(tmp_path, {"r": r}, group_wait_s=1.0)
+    _store, clock, im, pipe, disp = setup(tmp_path, {"r": r}, group_wait_s=1.0)
     for k in ("service_down", "not_ready", "engine_hung"):
         for e in im.apply(finding(k), clock.time()):
             pipe.submit(e)
@@ -142,8 +142,24 @@ async def test_resolve_goes_to_openers_even_when_silenced(tmp_path: Path) -> Non
 async def test_routing_selects_receivers(tmp_path: Path) -> None:
     """Only the routed receivers get rows."""
     a, b = RecordingNotifier("a"), RecordingNotifier("b")
-    store, clock, im, pipe, disp = setup(tmp_path, {"a": a, "b": b}, route=["b"])
+    _store, clock, im, pipe, disp = setup(tmp_path, {"a": a, "b": b}, route=["b"])
     for e in im.apply(finding("disk_low", sev=Severity.P2), clock.time()):
         pipe.submit(e)
     await disp.drain_once()
     assert a.sent == [] and len(b.sent) == 1
+
+
+async def test_edges_never_overtake_an_opening_that_is_grouping(tmp_path: Path) -> None:
+    """A remediation edge submitted while its incident's opening waits for its group is sent after it."""
+    r = RecordingNotifier("r")
+    _store, clock, im, pipe, disp = setup(tmp_path, {"r": r}, group_wait_s=1.0)
+    opened = im.apply(finding("service_down"), clock.time())
+    pipe.submit(opened[0])
+    from watchdog.incidents import Edge
+
+    pipe.submit(Edge(EventKind.REMEDIATION_STARTED, opened[0].incident, {"action": "restart"}))
+    await disp.drain_once()
+    assert r.sent == []
+    pipe.flush_all()
+    await disp.drain_once()
+    assert [n.event for n in r.sent] == [EventKind.OPENED, EventKind.REMEDIATION_STARTED]

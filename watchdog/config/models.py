@@ -147,6 +147,8 @@ class TargetConfig(Strict):
     known_good_soak_s: float = Field(
         300.0, ge=0, description="Ready this long → config files are snapshotted as last known good"
     )
+    crash_loop_exits: int = Field(3, ge=2, description="This many exits within crash_loop_window_s is a crash loop")
+    crash_loop_window_s: float = Field(600.0, gt=0)
     detectors: dict[str, Any] = Field(
         default_factory=dict, description="Per-target detector settings (sla, stall, breaker, tls)"
     )

@@ -83,11 +83,18 @@ class HealthDetector:
                 self._was_unready = False
         elif tr.probe == "canary":
             if tr.after == ProbeState.FAILING and self.live():
-                up.findings.append(self._f(
-                    IncidentKind.ENGINE_HUNG, Severity.P0,
-                    f"canary completion fails while /health is 200: {r.summary}", probe=r.summary,
-                    error=r.values.get("error"),
-                ))
+                if r.values.get("error") == "timeout":
+                    # the failure no anchor catches: /health 200 while generation never returns
+                    up.findings.append(self._f(
+                        IncidentKind.ENGINE_HUNG, Severity.P0,
+                        f"canary completion times out while /health is 200: {r.summary}", probe=r.summary,
+                        error="timeout",
+                    ))
+                else:
+                    up.findings.append(self._f(
+                        IncidentKind.NOT_READY, Severity.P1, f"canary completion fails: {r.summary}",
+                        probe=r.summary, error=r.values.get("error"), http_status=r.values.get("http_status"),
+                    ))
             elif tr.after == ProbeState.PASSING:
                 up.findings.append(self._f(IncidentKind.ENGINE_HUNG, Severity.P0, "canary completion passes",
                                            active=False))

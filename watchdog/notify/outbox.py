@@ -133,6 +133,7 @@ class NotifyPipeline:
         self.on_enqueued = on_enqueued
         self.on_notification = on_notification
         self._groups: dict[tuple[str, str], _Group] = {}
+        self._held: dict[int, list[Edge]] = {}  # later edges of an incident whose opening is still grouping
 
     def submit(self, edge: Edge) -> None:
         log.info(
@@ -155,8 +156,14 @@ class NotifyPipeline:
                 except RuntimeError:
                     g.handle = None
             g.edges.append(edge)
+            if edge.event == EventKind.OPENED:
+                self._held.setdefault(edge.incident.id, [])
             if g.handle is None:
                 self._flush(key)
+            return
+        held = self._held.get(edge.incident.id)
+        if held is not None:  # never overtake the opening that is still waiting for its group
+            held.append(edge)
             return
         self._emit(edge, ())
 
@@ -186,6 +193,9 @@ class NotifyPipeline:
             for e in rest:
                 self.store.put(f"grouped_into:{e.incident.id}", primary.incident.id)
         self._emit(primary, tuple(e.incident for e in rest))
+        for e in edges:
+            for later in self._held.pop(e.incident.id, []):
+                self._emit(later, ())
 
     def resend(self, edge: Edge, receivers: set[str]) -> None:
         """Re-send an open incident to some receivers only (Alertmanager expects re-sends every 30 s–3 min)."""

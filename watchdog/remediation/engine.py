@@ -54,9 +54,15 @@ class Remediator:
         self.resolve_secret = resolve_secret or (lambda env, file, fld: None)
         self.targets: dict[str, TargetHandle] = {}
         self._busy: dict[str, asyncio.Task[None]] = {}
+        self._acting: set[str] = set()  # targets whose action (not its verification) is running now
         self._last_verdict: dict[int, str] = {}
 
     # ------------------------------------------------------------------ queries
+    def acting(self, target: str) -> bool:
+        """True while an action on the target runs: its own stop/start events are not crashes. During
+        the verification that follows, an exit is a real failure again."""
+        return target in self._acting
+
     def busy(self, target: str) -> bool:
         t = self._busy.get(target)
         return t is not None and not t.done()
@@ -215,7 +221,11 @@ class Remediator:
             if phase in ("acted", "verifying"):
                 result = ActionResult(step.action, ActionOutcome.OK, "resumed after a daemon restart: verifying")
             else:
-                result = await ACTIONS[step.action](ctx)
+                self._acting.add(inc.target)
+                try:
+                    result = await ACTIONS[step.action](ctx)
+                finally:
+                    self._acting.discard(inc.target)
                 if result.ok:
                     self.store.checkpoint_attempt(attempt_id, "acted", {"result": result.reason})
             log.info("remediation action", target=inc.target, incident=inc.id, action=step.action,
@@ -263,7 +273,7 @@ class Remediator:
                                       **{k: v for k, v in details.items() if k in ("changes", "file", "snapshot")}}))
 
     async def _verify(self, handle: TargetHandle, v: P.Verify) -> tuple[bool, str]:
-        """Hold, then poll readiness until it passes or the verify timeout expires."""
+        """Hold, then poll readiness until it passes, the server exits again, or the verify timeout expires."""
         await self.clock.sleep(v.hold_s)
         t0 = self.clock.monotonic()
         deadline = t0 + v.timeout_s
@@ -273,6 +283,13 @@ class Remediator:
                     return True, f"readiness passed after {self.clock.monotonic() - t0 + v.hold_s:.1f} s"
             except Exception as e:
                 log.warning("verification probe error", target=handle.name, error=e.__class__.__name__)
+            if handle.runtime is not None:
+                try:
+                    st = await handle.runtime.state()
+                except Exception:
+                    st = None
+                if st is not None and st.state.value in ("exited", "missing"):
+                    return False, f"the server exited again during verification (exit code {st.exit_code})"
             if self.clock.monotonic() >= deadline:
                 return False, f"not ready within {v.timeout_s:g} s"
             await self.clock.sleep(v.interval_s)
