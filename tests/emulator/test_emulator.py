@@ -3,6 +3,7 @@ observable behaviour and exit code (reference/vllm.md §1, §2, §3, §5)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -309,6 +310,19 @@ def test_cuda_oom_fires_only_above_gmu_and_persists_across_restarts(procs: list[
             assert "OutOfMemoryError" not in emu.text()
 
 
+def test_cuda_oom_after_s_fires_without_traffic_above_max_num_seqs(procs: list[EmulatorProcess]) -> None:
+    """cuda_oom with after_s fires on its own after start (no request needed) while MAX_NUM_SEQS is above
+    above_max_num_seqs, and stays disarmed below it."""
+    params = '{"above_max_num_seqs": 128, "after_s": 0.2, "exit_after_s": 0.2}'
+    hit = start(procs, "--fault", "cuda_oom", "--fault-params", params, env={"MAX_NUM_SEQS": "256"})
+    spared = start(procs, "--fault", "cuda_oom", "--fault-params", params, env={"MAX_NUM_SEQS": "64"})
+    assert hit.wait_exit(10) == 0
+    assert "torch.OutOfMemoryError: CUDA out of memory." in hit.text()
+    with spared.client() as c:
+        assert complete(c, 1).status_code == 200
+    assert spared.proc.poll() is None and "OutOfMemoryError" not in spared.text()
+
+
 def test_hung_engine_health_200_metrics_frozen_completions_hang(procs: list[EmulatorProcess]) -> None:
     """hung_engine: /health and /v1/models stay 200, /metrics answers with frozen values (running stays 1,
     generation tokens stop), completions never return until the fault is cleared."""
@@ -340,6 +354,14 @@ def test_hung_engine_health_200_metrics_frozen_completions_hang(procs: list[Emul
     emu.set_fault("none")
     t.join(10)
     assert result == [200]
+    emu.set_fault("hung_engine")
+
+    def hang() -> None:
+        with emu.client(timeout=30) as c, contextlib.suppress(httpx.HTTPError):
+            complete(c, 1)
+
+    threading.Thread(target=hang, daemon=True).start()
+    assert emu.stop() == 0  # SIGTERM still ends a server whose engine hangs
 
 
 def test_hung_server_answers_nothing_until_the_control_file_clears_it(procs: list[EmulatorProcess],
