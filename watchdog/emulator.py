@@ -712,8 +712,13 @@ def _env_number(name: str, raw: str | None, kind: type, default: float, lo: floa
 
 
 def build_parser() -> argparse.ArgumentParser:
+    faults = "\n".join(f"  {n:20} {', '.join(sorted(p)) or '-'}" for n, p in FAULT_PARAMS.items())
+    epilog = (f"faults and their params (all also take {', '.join(COMMON_PARAMS)}):\n{faults}\n\n"
+              "Control file: {\"fault\": NAME, \"params\": {...}}. Sticky faults (startup ones, or any with a "
+              "condition) are re-applied at every start; one-shot faults are consumed (<file>.consumed).")
     ap = argparse.ArgumentParser(prog="vllm-watchdog emulate", description="Emulated vLLM OpenAI server with "
-                                 "injectable faults (for the demo and tests).")
+                                 "injectable faults (for the demo and tests).", epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model (and served name) (default {DEFAULT_MODEL})")
@@ -1141,7 +1146,8 @@ class Emulator:
              f"'gpu_memory_utilization': {self.gmu}, 'max_num_seqs': {self.max_num_seqs}, "
              f"'max_model_len': {s.max_model_len}}}"),
             ("APIServer", "INFO", "model.py:1510", f"Using max model len {s.max_model_len}"),
-            (eng, "INFO", "core.py:77", f"Initializing a V1 LLM engine (v{s.version_text}) with config: "
+            (eng, "INFO", "core.py:77", f"Initializing {'a V1' if v >= (0, 8, 0) else 'an'} LLM engine "
+             f"(v{s.version_text}) with config: "
              f"model='{s.model}', served_model_name={s.served_model_name}, max_seq_len={s.max_model_len}"),
             (eng, "INFO", "gpu_model_runner.py:2602", f"Starting to load model {s.model}..."),
             (eng, "INFO", "default_loader.py:267", "Loading weights took 17.52 seconds"),
