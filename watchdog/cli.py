@@ -325,7 +325,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_emulate(args: argparse.Namespace, rest: list[str]) -> int:
-    from watchdog import emulator
+    import watchdog.emulator as emulator
 
     return int(emulator.main(rest))
 
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulate"]:
-        from watchdog import emulator
+        import watchdog.emulator as emulator
 
         return int(emulator.main(argv[1:]))
     ap = build_parser()
