@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from watchdog.adapters.systemd import read_env_file
 from watchdog.model import ActionOutcome, ActionResult, LogLine, RunState, RuntimeEvent, RuntimeState
 
 
@@ -38,22 +39,6 @@ class ProcessRuntimeSettings(BaseModel):
     log_buffer_lines: int = Field(5000, ge=10, description="Ring buffer of output lines kept in memory")
     inherit_env: bool = Field(True, description="Start from the watchdog's environment (else only env/env_file)")
     stop_on_close: bool = Field(True, description="Stop the child when the runtime is closed (daemon exit)")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; `#` comments, blank lines, `export ` and matching quotes are handled."""
-    out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        s = line.strip()
-        if not s or s.startswith("#") or "=" not in s:
-            continue
-        s = s.removeprefix("export ").strip()
-        k, v = s.split("=", 1)
-        v = v.strip()
-        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
-            v = v[1:-1]
-        out[k.strip()] = v
-    return out
 
 
 def _exit_code(returncode: int) -> int:
