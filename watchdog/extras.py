@@ -75,6 +75,13 @@ def check_extras(cfg: WatchdogConfig, file: str) -> list[Problem]:
     problems: list[Problem] = []
     for i, t in enumerate(cfg.targets):
         problems += _sections(t.detectors, TARGET_SECTIONS, file, f"targets[{i}].detectors")[1]
+        if t.probes.logs.catalog_file is not None:
+            from watchdog.detectors.logs import LogCatalog
+
+            try:
+                LogCatalog.load(t.probes.logs.catalog_file)
+            except ConfigError as e:
+                problems.extend(e.problems)
     problems += _sections(cfg.host, _host_sections(), file, "host")[1]
     return problems
 
