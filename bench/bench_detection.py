@@ -1,0 +1,296 @@
+"""Bench (issue 2): detection and recovery latency of the real daemon against the real emulator.
+Stage: none (measures the whole probe → detect → incident → remediate pipeline from outside).
+
+Run:  .venv/bin/python bench/bench_detection.py [--rounds 10] [--seed 1] [--startup-delay 1.0]
+
+It builds a config like watchdog/demo.py (the emulator spawned by the watchdog's process runtime on
+127.0.0.1, a local webhook receiver) with liveness, readiness and canary at period 1 s, timeout 1 s,
+failure threshold 2, runs the real `Daemon` in-process and times each edge through its `on_edge` hook:
+
+  (a) hung server: the emulator's `hung_server` fault (nothing answers) is written to its control file;
+      time to the service_down incident (and to the first incident of any kind), N rounds.
+  (b) process exit: SIGKILL of the emulator process; time to the service_down incident (runtime exit
+      event path), N rounds.
+  (c) recovery: fault → the round's incidents resolved (the daemon restarts the emulator and verifies
+      readiness + canary; includes the emulator's startup delay).
+
+Targets (issue 2): (a) confirmed in <= 2.5 s, (b) noticed in <= 0.5 s. Prints a table and exits 1 if a
+target is missed. Between rounds it waits until every probe passes again, then a random 1-2 s, so that
+the fault lands at a random phase of the probe period. It must never leave a process behind: the
+daemon stops (and with it the emulator) in a finally block, and the work directory is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from watchdog.cli import load_all  # noqa: E402
+from watchdog.daemon import Daemon  # noqa: E402
+from watchdog.demo import Receiver, free_port  # noqa: E402
+from watchdog.incidents import Edge  # noqa: E402
+from watchdog.logging_setup import setup_logging  # noqa: E402
+from watchdog.model import EventKind, ProbeResult  # noqa: E402
+from watchdog.probing import ProbeState  # noqa: E402
+
+EMULATOR = ROOT / "watchdog" / "emulator.py"
+TARGET = "bench-vllm"
+MODEL = "google/gemma-3-27b-it"
+HUNG_TARGET_S = 2.5
+EXIT_TARGET_S = 0.5
+
+# One restart step that may run again on every round: a tiny ladder window, no cooldown or backoff,
+# a large budget (the production ladders escalate on the 3rd occurrence and stop acting, by design).
+POLICIES = """
+policies:
+  - name: bench-restart
+    match: {kinds: [service_down, not_ready, engine_hung, engine_dead, crash_loop]}
+    priority: 50
+    ladder_window_s: 1
+    guards: {cooldown_s: 0, backoff_initial_s: 0, backoff_max_s: 0, max_attempts: 1000, window_s: 3600}
+    verify: {timeout_s: 30, hold_s: 0.2, interval_s: 0.2}
+    steps:
+      - action: restart
+        timeout_s: 2
+"""
+
+
+def config(work: Path, port: int, api_port: int, startup_delay: float) -> str:
+    control = work / "fault.json"
+    timing = "period_s: 1, timeout_s: 1, failure_threshold: 2, startup_grace_s: 20"
+    return f"""
+state_dir: {work / 'state'}
+http: {{listen: 127.0.0.1, port: {api_port}}}
+logging: {{format: json, level: warning}}
+remediation:
+  policy_files: [{work / 'policies.yaml'}]
+targets:
+  - name: {TARGET}
+    base_url: http://127.0.0.1:{port}
+    model: {MODEL}
+    api_key_file: {work / 'api_key'}
+    runtime:
+      type: process
+      command: [{sys.executable}, {EMULATOR}, --port, "{port}", --model, {MODEL},
+                --startup-delay, "{startup_delay}", --control-file, {control}, --api-key, bench-key-0123456789]
+      stop_timeout_s: 2
+    crash_loop_exits: 1000
+    probes:
+      liveness: {{{timing}}}
+      readiness: {{{timing}}}
+      canary: {{{timing}}}
+      metrics: {{enabled: false}}
+      logs: {{period_s: 0.5}}
+notify:
+  group_wait_s: 0.5
+  receivers:
+    - name: bench-webhook
+      type: webhook
+      url_env: BENCH_DETECTION_WEBHOOK_URL
+"""
+
+
+@dataclass
+class Round:
+    kind: str  # "hung" or "kill"
+    injected: float
+    first_open: float | None = None
+    first_open_kind: str = ""
+    service_down: float | None = None
+    first_unanswered: float | None = None  # start of the first probe that got no answer (hung only)
+    opened: set[int] = field(default_factory=set)
+    resolved: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def recovered(self) -> float | None:
+        if not self.opened or not self.opened <= set(self.resolved):
+            return None
+        return max(self.resolved.values())
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rounds: list[Round] = []
+        self.current: Round | None = None
+        self.daemon: Daemon | None = None
+        self.work = Path(tempfile.mkdtemp(prefix="bench-detect-"))
+        self.rng = random.Random(args.seed)
+
+    # ---------------------------------------------------------------- hooks (called inside the daemon)
+    def on_edge(self, edge: Edge) -> None:
+        r = self.current
+        if r is None:
+            return
+        now = time.monotonic()
+        inc = edge.incident
+        if edge.event == EventKind.OPENED:
+            r.opened.add(inc.id)
+            if r.first_open is None:
+                r.first_open, r.first_open_kind = now, inc.kind
+            if inc.kind == "service_down" and r.service_down is None:
+                r.service_down = now
+        elif edge.event == EventKind.RESOLVED and inc.id in r.opened:
+            r.resolved.setdefault(inc.id, now)
+
+    def on_probe_failure(self, target: str, res: ProbeResult) -> None:
+        r = self.current
+        if r is None or r.kind != "hung":
+            return
+        started = max(r.injected, time.monotonic() - res.duration_s)
+        if r.service_down is None and (r.first_unanswered is None or started < r.first_unanswered):
+            r.first_unanswered = started
+
+    # ---------------------------------------------------------------- helpers
+    def write_fault(self, name: str) -> None:
+        p = self.work / "fault.json"
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fault": name, "params": {}}))
+        os.replace(tmp, p)
+
+    async def settle(self, limit_s: float = 60.0) -> None:
+        """Wait until the server is verified ready, every probe passes and nothing is open or running."""
+        d = self.daemon
+        assert d is not None
+        tw = d.targets[TARGET]
+        end = time.monotonic() + limit_s
+        while time.monotonic() < end:
+            if (not d.store.open_incidents(TARGET) and not d.remediator.busy(TARGET)
+                    and all(t.state == ProbeState.PASSING for t in tw.trackers.values())
+                    and await d.verify_ready(tw)):
+                await asyncio.sleep(1.0 + self.rng.random())  # a random phase of the 1 s probe period
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"target not healthy again within {limit_s} s")
+
+    async def wait_round(self, r: Round, limit_s: float = 60.0) -> None:
+        end = time.monotonic() + limit_s
+        while time.monotonic() < end:
+            if r.service_down is not None and r.recovered is not None:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{r.kind} round not detected+recovered within {limit_s} s")
+
+    async def one(self, kind: str) -> Round:
+        d = self.daemon
+        assert d is not None
+        await self.settle()
+        if kind == "hung":
+            r = Round(kind, time.monotonic())
+            self.current = r
+            self.write_fault("hung_server")
+        else:
+            st = await d.targets[TARGET].runtime.state()  # type: ignore[union-attr]
+            assert st.pid, "the emulator is not running"
+            r = Round(kind, time.monotonic())
+            self.current = r
+            os.kill(st.pid, signal.SIGKILL)
+        self.rounds.append(r)
+        await self.wait_round(r)
+        self.current = None
+        if kind == "hung":
+            self.write_fault("none")  # the restarted emulator starts healthy (one-shot fault consumed)
+        return r
+
+    async def run(self) -> int:
+        a = self.args
+        (self.work / "api_key").write_text("bench-key-0123456789\n")
+        os.chmod(self.work / "api_key", 0o600)
+        (self.work / "policies.yaml").write_text(POLICIES)
+        self.write_fault("none")
+        receiver = Receiver()
+        await receiver.start()
+        os.environ["BENCH_DETECTION_WEBHOOK_URL"] = f"http://127.0.0.1:{receiver.port}/hook"
+        (self.work / "watchdog.yaml").write_text(config(self.work, free_port(), free_port(), a.startup_delay))
+        cfg, ps = load_all(str(self.work / "watchdog.yaml"))
+        setup_logging("json", "error", stream=sys.stderr)
+        self.daemon = Daemon(cfg, ps, on_edge=self.on_edge, on_probe_failure=self.on_probe_failure)
+        try:
+            await self.daemon.start()
+            for i in range(a.rounds):
+                r = await self.one("hung")
+                print(f"hung round {i + 1}/{a.rounds}: service_down after {r.service_down - r.injected:.3f} s, "  # type: ignore[operator]
+                      f"recovered after {r.recovered - r.injected:.2f} s", flush=True)  # type: ignore[operator]
+            for i in range(a.rounds):
+                r = await self.one("kill")
+                print(f"kill round {i + 1}/{a.rounds}: service_down after {r.service_down - r.injected:.3f} s, "  # type: ignore[operator]
+                      f"recovered after {r.recovered - r.injected:.2f} s", flush=True)  # type: ignore[operator]
+        finally:
+            await self.daemon.stop()
+            await receiver.close()
+            shutil.rmtree(self.work, ignore_errors=True)
+        return self.report(len(receiver.items))
+
+    # ---------------------------------------------------------------- report
+    def report(self, notifications: int) -> int:
+        hung = [r for r in self.rounds if r.kind == "hung"]
+        kill = [r for r in self.rounds if r.kind == "kill"]
+
+        def d(rs: list[Round], attr: str, base: str = "injected") -> list[float]:
+            return [getattr(r, attr) - getattr(r, base) for r in rs
+                    if getattr(r, attr) is not None and getattr(r, base) is not None]
+
+        rows: list[tuple[str, list[float], float | None, str]] = [
+            ("(a) hung_server written -> service_down opened", d(hung, "service_down"), HUNG_TARGET_S, "max"),
+            ("(a) first unanswered probe -> service_down opened", d(hung, "service_down", "first_unanswered"),
+             None, ""),
+            ("(a) hung_server written -> first incident (any kind)", d(hung, "first_open"), None, ""),
+            ("(b) SIGKILL -> service_down opened", d(kill, "service_down"), EXIT_TARGET_S, "max"),
+            ("(c) hung_server written -> resolved (restart+verify)", d(hung, "recovered"), None, ""),
+            ("(c) SIGKILL -> resolved (restart+verify)", d(kill, "recovered"), None, ""),
+        ]
+        print()
+        print(f"rounds per fault: {self.args.rounds}; probes: period 1 s, timeout 1 s, failure threshold 2; "
+              f"emulator startup delay {self.args.startup_delay} s; seed {self.args.seed}")
+        head = f"{'measure':54} {'n':>3} {'median s':>9} {'max s':>8} {'min s':>8}  target"
+        print(head)
+        print("-" * len(head))
+        ok = True
+        for name, xs, target, stat in rows:
+            if not xs:
+                print(f"{name:54} {0:>3}  (no data)")
+                ok = ok and target is None
+                continue
+            med, mx, mn = statistics.median(xs), max(xs), min(xs)
+            verdict = ""
+            if target is not None:
+                value = mx if stat == "max" else med
+                passed = value <= target
+                ok = ok and passed
+                verdict = f"{stat} <= {target} s: {'PASS' if passed else 'MISS'}"
+            print(f"{name:54} {len(xs):>3} {med:9.3f} {mx:8.3f} {mn:8.3f}  {verdict}")
+        kinds = sorted({r.first_open_kind for r in hung if r.first_open_kind})
+        print(f"\nfirst incident kinds seen on hung_server: {', '.join(kinds)}; "
+              f"notifications delivered to the local webhook: {notifications}")
+        print("RESULT:", "every target met" if ok else "a target was MISSED")
+        return 0 if ok else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=10, help="repetitions per fault (default 10)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the random phase between rounds")
+    p.add_argument("--startup-delay", type=float, default=1.0, help="emulator 'model loading' seconds (default 1)")
+    args = p.parse_args()
+    try:
+        return asyncio.run(Bench(args).run())
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
