@@ -1,0 +1,1 @@
+"""Integration tests of the whole daemon against the real emulator process on loopback."""
