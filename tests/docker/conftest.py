@@ -1,0 +1,103 @@
+"""Fixtures for the whole-daemon tests on the real Docker engine: the engine (skip with a reason when
+absent, FAIL under CI=true), uniquely named emulator containers that are always removed, and the real
+Daemon in-process (always stopped)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dockit import IMAGE, Emulator, PrivateDockerd, Watch, docker_url, free_port, remove_named, run_emulator, unique, \
+    unavailable
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A docker-py client on a reachable engine that has the hostbase image."""
+    try:
+        import docker
+    except ImportError as e:  # pragma: no cover
+        unavailable(f"docker SDK not installed ({e})")
+        raise
+    try:
+        client = docker.DockerClient(base_url=docker_url(), version="auto", timeout=60)
+        client.ping()
+    except Exception as e:
+        unavailable(f"engine at {docker_url()} unreachable: {e.__class__.__name__}: {str(e)[:160]}")
+        raise
+    try:
+        client.images.get(IMAGE)
+    except Exception:
+        unavailable(f"image {IMAGE} is missing")
+    yield client
+    client.close()
+
+
+EmulatorFactory = Callable[..., Emulator]
+
+
+@pytest.fixture
+def emulators(docker_client: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EmulatorFactory]:
+    """`emulators(env=…, mem_limit=…, client=…)` starts an emulator container named `wdit-<test>-<rand>` on a
+    free loopback port; every container made here (and any twin set aside by a recreate) is removed after."""
+    made: list[tuple[Any, str]] = []
+
+    def make(*, env: dict[str, str] | None = None, mem_limit: str | None = None, client: Any = None,
+             startup_delay: float = 0.3, fault: dict[str, Any] | None = None) -> Emulator:
+        c = client or docker_client
+        tag = request.node.name.removeprefix("test_")[:24].replace("_", "-")
+        name = unique(tag)
+        ctl = tmp_path / f"ctl-{name}"
+        ctl.mkdir()
+        ctl.chmod(0o777)
+        emu = Emulator(c, name, free_port(), ctl)
+        emu.fault(**(fault or {"name": "none"}))
+        made.append((c, name))
+        run_emulator(c, name, port=emu.port, ctl=ctl, env=env, mem_limit=mem_limit, startup_delay=startup_delay)
+        return emu
+
+    yield make
+    for c, name in made:
+        remove_named(c, name)
+
+
+WatchFactory = Callable[..., Awaitable[Watch]]
+
+
+@pytest.fixture
+async def watchdog(tmp_path: Path) -> AsyncIterator[WatchFactory]:
+    """`await watchdog(emu, policies_yaml, …)` starts the real Daemon on a config written into tmp_path."""
+    started: list[Watch] = []
+
+    async def make(emu: Emulator, policies: str, **kw: Any) -> Watch:
+        work = tmp_path / f"wd{len(started)}"
+        work.mkdir()
+        w = Watch(work, emu, policies, **kw)
+        started.append(w)
+        return await w.start()
+
+    yield make
+    for w in started:
+        await w.stop()
+
+
+@pytest.fixture
+def private_dockerd(docker_client: Any) -> Iterator[PrivateDockerd]:
+    """A private engine with hostbase imported; skips where dockerd cannot be started here (fails under CI)."""
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but a private dockerd cannot be started (needs root and dockerd)")
+        pytest.skip("a private dockerd needs root and the dockerd binary")
+    d = PrivateDockerd()
+    try:
+        d.start()
+        d.import_base()
+        yield d
+    finally:
+        d.cleanup()
