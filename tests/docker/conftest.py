@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dockit import IMAGE, Emulator, PrivateDockerd, Watch, docker_url, free_port, remove_named, run_emulator, unique, \
-    unavailable
-
-pytestmark = pytest.mark.docker
+from dockit import (
+    IMAGE,
+    Emulator,
+    PrivateDockerd,
+    Watch,
+    docker_url,
+    free_port,
+    remove_named,
+    run_emulator,
+    unavailable,
+    unique,
+)
 
 
 @pytest.fixture(scope="session")
