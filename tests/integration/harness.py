@@ -108,9 +108,9 @@ def free_port() -> int:
 
 
 class HookReceiver:
-    """A real webhook receiver on loopback. `mode`: ok (200), 500, 429 (with `retry_after`), or refuse
-    (the listening socket is closed: connection refused). `items` holds the bodies it accepted (200),
-    `attempts` every request it saw as (mode, body)."""
+    """A real webhook receiver on loopback. `mode`: ok (200), a status such as "500" or "400", "429" (with
+    `retry_after`), or refuse (the listening socket is closed: connection refused). `items` holds the
+    bodies it accepted (200), `attempts` every request it saw as (mode, body)."""
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
@@ -152,11 +152,11 @@ class HookReceiver:
                 body = {"_raw": raw.decode("utf-8", "replace")}
             mode = self.mode
             self.attempts.append((mode, body))
-            if mode == "500":
-                w.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops")
-            elif mode == "429":
+            if mode == "429":
                 w.write(f"HTTP/1.1 429 Too Many Requests\r\nRetry-After: {self.retry_after}\r\n"
                         "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            elif mode.isdigit():
+                w.write(f"HTTP/1.1 {mode} Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops".encode())
             else:
                 self.items.append(body)
                 w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
