@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
 from integration.harness import Harness, wait_for
 
@@ -93,10 +94,8 @@ async def test_cuda_oom_ladder_reaches_set_config(harness: Harness) -> None:
     assert steps[0] == "restart" and "set_config" in steps, steps
 
 
-async def test_hung_engine_caught_by_canary(harness: Harness) -> None:
-    """A hung engine (/health 200, completions never return) opens engine_hung P0 from the canary — with
-    no liveness failure — and a restart heals it."""
-    h = harness
+async def _hung_engine(h: Harness) -> tuple[int, Any]:
+    """Inject hung_engine into a ready server; returns (incident id watermark, the engine_hung incident)."""
     await _started_ready(h)
     base = h.max_incident_id()
     h.set_fault("hung_engine")
@@ -110,14 +109,31 @@ async def test_hung_engine_caught_by_canary(harness: Harness) -> None:
     assert r.status_code == 200, "the emulator reproduces vLLM: /health stays 200 with a hung engine"
     inc = (await wait_for(lambda: h.incidents("engine_hung", since_id=base), timeout=20,
                           what="engine_hung opened"))[-1]
-    assert inc.severity.value == "P0"
     await wait_for(lambda: h.healed(base), timeout=40, what="engine_hung resolved")
     await wait_for(h.ready, timeout=10, what="ready again")
+    return base, inc
+
+
+async def test_hung_engine_caught_by_canary(harness: Harness) -> None:
+    """A hung engine (/health 200, completions never return) opens engine_hung P0 from the canary before
+    anything else, and a restart heals it."""
+    h = harness
+    base, inc = await _hung_engine(h)
+    assert inc.severity.value == "P0"
     assert [a.outcome for a in h.attempts(inc.id) if a.action == "restart"][-1] == "succeeded"
     first = min(h.incidents(since_id=base), key=lambda i: i.id)
     assert first.id == inc.id, "the canary, not liveness, saw it first"
     st = await h.emu_state()
     assert st is not None and st["engine"]["state"] == "running"
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: probes keep judging while the watchdog's own restart stops the "
+                   "server (protocol_error, then refused) and open a spurious service_down P0; see the report")
+async def test_own_restart_opens_no_other_incident(harness: Harness) -> None:
+    """The watchdog's own restart of a hung engine opens no service_down/not_ready incident of its own."""
+    h = harness
+    base, _inc = await _hung_engine(h)
+    assert {i.kind for i in h.incidents(since_id=base)} == {"engine_hung"}
 
 
 async def test_hung_server_service_down_restart_heals(harness: Harness) -> None:
@@ -138,14 +154,12 @@ async def test_hung_server_service_down_restart_heals(harness: Harness) -> None:
     assert restarts and restarts[-1].outcome == "succeeded", restarts
 
 
-async def test_startup_kv_cache_escalates_without_crash_loop(harness: Harness) -> None:
-    """A startup KV-cache error (sticky: it fails at every start) opens startup_memory, is escalated to P0,
-    and the runtime is not restarted more than the policy allows (no crash loop)."""
-    h = harness
+async def _startup_kv_cache(h: Harness) -> tuple[int, Any]:
+    """Make every start fail with the KV-cache startup error, kill the server; returns (watermark, the
+    escalated startup_memory incident)."""
     await _started_ready(h)
     base = h.max_incident_id()
     h.set_fault("startup_kv_cache")
-    await wait_for(lambda: h.control.with_name("fault.json").exists(), what="fault written")
     pid = h.runtime.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # the next start hits the startup failure
@@ -153,6 +167,14 @@ async def test_startup_kv_cache_escalates_without_crash_loop(harness: Harness) -
                           what="startup_memory opened"))[-1]
     await wait_for(lambda: h.daemon.store.incident(inc.id).severity.value == "P0"
                    and h.daemon.store.incident(inc.id).escalated, timeout=20, what="startup_memory escalated")
+    return base, inc
+
+
+async def test_startup_kv_cache_escalates_without_crash_loop(harness: Harness) -> None:
+    """A startup KV-cache error (sticky: it fails at every start) opens startup_memory, is escalated to P0,
+    and the runtime is not restarted more than the policy allows (no crash loop)."""
+    h = harness
+    base, inc = await _startup_kv_cache(h)
     # let the remediation loop run several more rounds: the restart count must not move
     job = h.daemon.jobs["remediation"]
 
@@ -168,3 +190,17 @@ async def test_startup_kv_cache_escalates_without_crash_loop(harness: Harness) -
     assert not late, f"restarted after the startup error was known: {late}"
     assert n <= 2, "service-down allows two restarts, startup-config none"
     assert h.runtime.pid is None or not await h.ready()
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: the ladder's own escalate step and then LADDER_EXHAUSTED both "
+                   "emit an 'escalated' edge (P0 -> P0): the on-call is paged twice; see the report")
+async def test_escalation_is_paged_once(harness: Harness) -> None:
+    """An incident escalated to P0 by its ladder's escalate step is not escalated (paged) a second time."""
+    h = harness
+    _, inc = await _startup_kv_cache(h)
+    await wait_for(lambda: "escalated" in h.receiver.events_of(inc.id), timeout=10, what="escalation notified")
+    job = h.daemon.jobs["remediation"]
+    mark = job.last_done
+    await wait_for(lambda: job.last_done > mark + 2, timeout=20, what="two more remediation rounds")
+    await wait_for(lambda: not h.daemon.store.outbox_rows(state="pending"), timeout=10, what="outbox drained")
+    assert h.receiver.events_of(inc.id).count("escalated") == 1, h.receiver.events_of(inc.id)
