@@ -324,7 +324,8 @@ class PrivateDockerd:
     """A dockerd of our own (socket, data-root, exec-root in a short temp dir), so that stopping it never
     disturbs the shared engine. Same recipe as tests/runtimes/test_docker_restart_daemon.py."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, live_restore: bool = False) -> None:
+        self.live_restore = live_restore  # containers keep running while dockerd is down
         self.dir = Path(tempfile.mkdtemp(prefix="wdit-dd-", dir="/tmp"))  # unix socket paths ≤ 107 bytes
         self.url = f"unix://{self.dir}/d.sock"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -335,7 +336,8 @@ class PrivateDockerd:
         log = open(self.dir / "dockerd.log", "ab")
         self.proc = subprocess.Popen(
             ["dockerd", "--bridge=none", "--iptables=false", "--host", self.url, "--data-root", str(self.dir / "root"),
-             "--exec-root", str(self.dir / "exec"), "--pidfile", str(self.dir / "d.pid")],
+             "--exec-root", str(self.dir / "exec"), "--pidfile", str(self.dir / "d.pid"),
+             *(["--live-restore"] if self.live_restore else [])],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

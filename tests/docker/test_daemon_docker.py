@@ -193,6 +193,38 @@ async def test_docker_unreachable_is_p1_no_crash_no_tight_loop(emulators: Any, w
     assert w.incident("docker_unreachable", state="open") is not None
 
 
+async def test_live_restore_dockerd_restart_reconnects_and_sees_next_death(live_restore_dockerd: Any,
+                                                                           emulators: Any, watchdog: Any) -> None:
+    """dockerd (with --live-restore, so vLLM keeps serving) stopped and started under the running daemon:
+    docker_unreachable (P1) opens and resolves with no action on the healthy server, and the next
+    `docker kill` is still seen from the reconnected events stream in under a second and healed."""
+    import docker
+
+    client = docker.DockerClient(base_url=live_restore_dockerd.url, version="auto", timeout=30)
+    try:
+        emu = emulators(env=ENV, client=client)
+        w = await watchdog(emu, POLICIES, docker_host=live_restore_dockerd.url)
+        await w.until_watching()
+        before = emu.inspect()["State"]["StartedAt"]
+        await asyncio.to_thread(live_restore_dockerd.stop)
+        un = await w.until(lambda: w.incident("docker_unreachable"), 20, "docker_unreachable opened")
+        assert un.severity.value == "P1"
+        assert w.ready(), "the server keeps serving while dockerd is down (live-restore)"
+        await asyncio.to_thread(live_restore_dockerd.start)
+        await w.until(lambda: resolved(w, un) and w.events_connected(), 30, "docker_unreachable resolved")
+        assert emu.inspect()["State"]["StartedAt"] == before  # never restarted: nothing was wrong with it
+        assert [a.action for a in w.attempts()] == ["notify"]  # the docker-down policy only notifies
+        t_kill = time.time()
+        await asyncio.to_thread(emu.kill)
+        inc = await w.until(lambda: w.incident("service_down"), 5, "the next death seen")
+        assert inc.opened_at - t_kill < 1.0, f"{inc.opened_at - t_kill:.3f} s"
+        assert inc.evidence.get("exit_code") == 137
+        await w.until(lambda: resolved(w, inc), 30, "resolved after the next death")
+        assert emu.inspect()["State"]["Running"]
+    finally:
+        client.close()
+
+
 RUNTIME_UNREACHABLE_BUG = (
     "core bug (reported to the lead with a patch): while dockerd is down, restart attempts fail with "
     "RuntimeUnavailable and spend the ladder (restart, restart, escalate), so the container dockerd stopped on "
