@@ -119,6 +119,7 @@ class Round:
     first_unanswered: float | None = None  # start of the first probe (any) left unanswered (hung only)
     opened: set[int] = field(default_factory=set)
     resolved: dict[int, float] = field(default_factory=dict)
+    edges: list[str] = field(default_factory=list)  # "+2.004s opened service_down #12", for the report
 
     @property
     def recovered(self) -> float | None:
@@ -143,6 +144,7 @@ class Bench:
             return
         now = time.monotonic()
         inc = edge.incident
+        r.edges.append(f"+{now - r.injected:.3f}s {edge.event.value} {inc.kind} #{inc.id}")
         if edge.event == EventKind.OPENED:
             r.opened.add(inc.id)
             if r.first_open is None:
@@ -294,6 +296,11 @@ class Bench:
         print("first incident opened on hung_server, by kind: "
               + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
               + f"; notifications delivered to the local webhook: {notifications}")
+        odd = [r for r in self.rounds if r.service_down is None or r.first_open_kind != "service_down"]
+        if odd:
+            print(f"\nrounds whose first incident was not service_down ({len(odd)}), with their edges:")
+            for r in odd:
+                print(f"  {r.kind}: " + "; ".join(r.edges))
         print("RESULT:", "every target met" if ok else "a target was MISSED")
         return 0 if ok else 1
 
