@@ -365,9 +365,13 @@ class PrivateDockerd:
 
     def cleanup(self) -> None:
         self.stop()
-        netns = self.dir / "exec" / "netns" / "default"  # dockerd leaves its nsfs mount behind
-        if os.path.ismount(netns):
-            subprocess.run(["umount", str(netns)], check=False, capture_output=True)
+        # dockerd leaves mounts behind (its data-root bind-mounted on itself, the netns nsfs): deepest first
+        with open("/proc/self/mountinfo") as fh:
+            points = [line.split()[4] for line in fh]
+        mine = sorted({m for m in points if m == str(self.dir) or m.startswith(f"{self.dir}/")}, key=len,
+                      reverse=True)
+        for m in mine:
+            subprocess.run(["umount", "-l", m], check=False, capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def import_base(self) -> None:
