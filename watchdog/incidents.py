@@ -149,8 +149,6 @@ class IncidentManager:
     def _refresh_gauge(self) -> None:
         if not self.metrics:
             return
-        counts = {s: 0 for s in Severity}
-        for inc in self.store.open_incidents():
-            counts[inc.severity] += 1
-        for s, n in counts.items():
-            self.metrics.incidents_open.labels(s.value).set(n)
+        counts = self.store.open_counts_by_severity()
+        for s in Severity:
+            self.metrics.incidents_open.labels(s.value).set(counts.get(s.value, 0))

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS incidents (
 );
 CREATE INDEX IF NOT EXISTS incidents_fp_state ON incidents(fingerprint, state);
 CREATE INDEX IF NOT EXISTS incidents_target_state ON incidents(target, state);
+CREATE INDEX IF NOT EXISTS incidents_state_severity ON incidents(state, severity);
 CREATE TABLE IF NOT EXISTS incident_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     incident_id INTEGER NOT NULL,
@@ -84,6 +85,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, next_at);
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox(receiver, fingerprint, id);
+CREATE INDEX IF NOT EXISTS outbox_incident ON outbox(incident_id);
 CREATE TABLE IF NOT EXISTS silences (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     target TEXT NOT NULL,
@@ -231,6 +233,11 @@ class Store:
                 "SELECT * FROM incidents WHERE state='open' AND target=? ORDER BY id", (target,)
             ).fetchall()
         return [self._incident(r) for r in rows]
+
+    def open_counts_by_severity(self) -> dict[str, int]:
+        """Open incidents per severity value (a COUNT, not a load of every open row)."""
+        rows = self.db.execute("SELECT severity, COUNT(*) AS n FROM incidents WHERE state='open' GROUP BY severity")
+        return {r["severity"]: int(r["n"]) for r in rows}
 
     def incidents(self, *, limit: int = 100, state: str | None = None) -> list[Incident]:
         if state:
