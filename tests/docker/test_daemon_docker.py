@@ -225,15 +225,6 @@ async def test_live_restore_dockerd_restart_reconnects_and_sees_next_death(live_
         client.close()
 
 
-RUNTIME_UNREACHABLE_BUG = (
-    "core bug (reported to the lead with a patch): while dockerd is down, restart attempts fail with "
-    "RuntimeUnavailable and spend the ladder (restart, restart, escalate), so the container dockerd stopped on "
-    "its way down is never started again. Remove this marker with the patch (actions: RuntimeUnavailable → "
-    "SKIPPED; engine.decide: NO_RUNTIME while docker_unreachable is open)."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=RUNTIME_UNREACHABLE_BUG)
 async def test_dockerd_restart_reconnects_and_sees_next_death(private_dockerd: Any, emulators: Any,
                                                               watchdog: Any) -> None:
     """A private dockerd stopped and started under the running daemon: docker_unreachable (P1) opens and

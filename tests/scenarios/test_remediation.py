@@ -261,3 +261,35 @@ def test_floor_above_ceiling_is_rejected() -> None:
     with pytest.raises(ConfigError) as ei:
         load_policy_text(text, "p.yaml")
     assert "floor 64.0 is above ceiling 32.0" in str(ei.value)
+
+
+async def test_notify_only_ladder_never_pages(tmp_path: Path) -> None:
+    """A ladder that ends with `notify` stops after telling: LADDER_EXHAUSTED without a P0 escalation."""
+    policy = "policies:\n  - name: warn\n    match: {kinds: [disk_low]}\n    steps:\n      - action: notify\n"
+    w = World(tmp_path, policy=policy)
+    inc = w.open("disk_low", sev=Severity.P2)
+    await step(w)
+    v = await w.rem.evaluate("vllm")
+    assert v is not None and v.reason == Reason.LADDER_EXHAUSTED
+    assert w.store.incident(inc).severity == Severity.P2  # type: ignore[union-attr]
+    assert w.events(EventKind.ESCALATED) == []
+
+
+async def test_unreachable_runtime_waits_instead_of_spending_the_ladder(tmp_path: Path) -> None:
+    """While docker is unreachable, restart-like steps wait (NO_RUNTIME) and no attempt is recorded."""
+    w = World(tmp_path)
+    w.open("docker_unreachable", sev=Severity.P1)
+    inc = w.open("service_down")
+    v = await w.rem.evaluate("vllm")
+    assert v is not None and v.reason == Reason.NO_RUNTIME
+    assert w.store.attempts(incident_id=inc) == [] and w.runtime.actions == []
+
+
+async def test_runtime_unavailable_during_restart_is_skipped_not_failed(tmp_path: Path) -> None:
+    """A restart that cannot reach the runtime is SKIPPED: it does not advance the ladder."""
+    w = World(tmp_path)
+    w.runtime.unavailable = "docker socket missing"
+    inc = w.open("service_down")
+    await step(w)
+    assert [a.outcome for a in w.store.attempts(incident_id=inc)] == ["skipped"]
+    assert w.rem.ladder_step(w.rem.policies.by_name("down"), "vllm", w.clock.time()) == 0  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ import httpx
 
 from watchdog.clock import Clock
 from watchdog.config.models import ConfigFileRef
+from watchdog.errors import RuntimeUnavailable
 from watchdog.model import ActionOutcome, ActionResult, Incident
 from watchdog.protocols import Runtime
 from watchdog.remediation import config_edit as CE
@@ -37,6 +38,7 @@ class TargetHandle:
     config_files: Mapping[str, ConfigFileRef]
     verify_ready: Callable[[], Awaitable[bool]]
     on_restarted: Callable[[], None] = lambda: None
+    restarting: Callable[[bool], None] = lambda flag: None  # probes pause judging while we stop/start it
     stop_timeout_s: float = 10.0
     http: httpx.AsyncClient | None = None
 
@@ -68,9 +70,16 @@ def _runtime(ctx: ActionContext, action: str) -> Runtime | ActionResult:
     return ctx.target.runtime
 
 
+def _unreachable(action: str, e: RuntimeUnavailable) -> ActionResult:
+    """The runtime cannot be reached: nothing was done, so the attempt must not spend the ladder."""
+    return ActionResult(action, ActionOutcome.SKIPPED, f"RUNTIME_UNREACHABLE: {str(e)[:300]}")
+
+
 async def _guarded(action: str, coro: Awaitable[ActionResult]) -> ActionResult:
     try:
         return await coro
+    except RuntimeUnavailable as e:
+        return _unreachable(action, e)
     except Exception as e:  # an adapter failure is a failed action with a reason, never a crash
         return _fail(action, f"{e.__class__.__name__}: {str(e)[:300]}")
 
@@ -82,12 +91,18 @@ async def do_restart(ctx: ActionContext) -> ActionResult:
     timeout = ctx.step.timeout_s if getattr(ctx.step, "timeout_s", None) is not None else ctx.target.stop_timeout_s
     try:  # an exited container is started, not restarted
         st = await rt.state()
+    except RuntimeUnavailable as e:
+        return _unreachable("restart", e)
     except Exception as e:
         return _fail("restart", f"cannot read the runtime state: {e.__class__.__name__}: {str(e)[:200]}")
-    if st.state.value in ("exited", "missing"):
-        res = await _guarded("restart", rt.start())
-    else:
-        res = await _guarded("restart", rt.restart(timeout_s=timeout))
+    ctx.target.restarting(True)
+    try:
+        if st.state.value in ("exited", "missing"):
+            res = await _guarded("restart", rt.start())
+        else:
+            res = await _guarded("restart", rt.restart(timeout_s=timeout))
+    finally:
+        ctx.target.restarting(False)
     if res.ok:
         ctx.target.on_restarted()
     return ActionResult("restart", res.outcome, res.reason, res.details)
@@ -115,7 +130,11 @@ async def _recreate(ctx: ActionContext, env: Mapping[str, str] | None, action: s
     rt = _runtime(ctx, action)
     if isinstance(rt, ActionResult):
         return rt
-    res = await _guarded(action, rt.recreate(env=env, timeout_s=ctx.target.stop_timeout_s))
+    ctx.target.restarting(True)
+    try:
+        res = await _guarded(action, rt.recreate(env=env, timeout_s=ctx.target.stop_timeout_s))
+    finally:
+        ctx.target.restarting(False)
     if not res.ok:
         return res
     ctx.target.on_restarted()

@@ -94,7 +94,13 @@ class Remediator:
             return policy, idx, Verdict(False, Reason.LADDER_EXHAUSTED,
                                         f"all {len(policy.steps)} steps of '{policy.name}' were tried")
         step = policy.steps[idx]
-        if step.action in P.RESTART_LIKE:
+        if step.action in P.RESTART_LIKE and any(
+            i.kind == "docker_unreachable" for i in self.store.open_incidents(inc.target)
+        ):
+            return policy, idx, Verdict(False, Reason.NO_RUNTIME,
+                                        "the runtime is unreachable: waiting for it before acting")
+        if step.action in P.RESTART_LIKE and step.action != "rollback_config":
+            # a rollback is exactly what may cure a startup config error, so it is not forbidden by one
             bad = self._forbidding(policy, inc.target)
             if bad is not None:
                 return policy, idx, Verdict(False, Reason.PRECONDITION_FAILED,
@@ -130,6 +136,8 @@ class Remediator:
         policy, inc = cands[0]
         _, idx, verdict = self.decide(inc, now)
         self._record_verdict(inc, policy, idx, verdict, now)
+        if verdict.reason == Reason.LADDER_EXHAUSTED and policy.steps[-1].action == "notify":
+            return verdict  # a ladder that ends by telling means "tell, don't act": nothing to page about
         if verdict.reason in (Reason.LADDER_EXHAUSTED, Reason.MAX_ATTEMPTS_REACHED, Reason.PRECONDITION_FAILED):
             self._exhausted(inc, verdict, now)
             return verdict
@@ -164,6 +172,9 @@ class Remediator:
         if self.store.get(key):
             return
         self.store.put(key, {"reason": v.reason.value, "at": now})
+        current = self.store.incident(inc.id) or inc
+        if v.reason == Reason.LADDER_EXHAUSTED and current.escalated and current.severity == Severity.P0:
+            return  # the ladder's own escalate step already paged at P0: page once
         if self.metrics and v.reason != Reason.PRECONDITION_FAILED:
             self.metrics.remediation_budget_exhausted.labels(inc.target).set(1)
         edge = self.incidents.escalate(inc, Severity.P0, f"{v.reason.value}: {v.detail}", now)
