@@ -82,6 +82,7 @@ class TargetWatch:
     log_detector: Any = None
     clock: Clock = field(default_factory=SystemClock)
     client: Any = None
+    restarting: bool = False  # the watchdog itself is stopping/starting the server right now
     observers: list[Detector] = field(default_factory=list)  # also fed liveness/readiness/canary results
     line_observers: list[Any] = field(default_factory=list)  # also fed the server's log lines
     ready_since: float | None = None
@@ -190,6 +191,7 @@ class Daemon:
             name=t.name, runtime=tw.runtime, config_files={c.name: c for c in t.config_files},
             verify_ready=functools.partial(self.verify_ready, tw),
             on_restarted=functools.partial(self.on_restarted, tw),
+            restarting=functools.partial(setattr, tw, "restarting"),
             stop_timeout_s=getattr(t.runtime, "stop_timeout_s", 10.0), http=self.notify_client,
         )
         return tw
@@ -206,6 +208,12 @@ class Daemon:
 
     def _kick(self, target: str) -> None:
         async def go() -> None:
+            tw = self.targets.get(target)
+            if tw is not None and tw.log_detector is not None and not self.remediator.busy(target):
+                # read the server's last log lines first: the cause (CUDA OOM…) picks the right ladder
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await self._logs_job_once(tw)
             await self.remediator.evaluate(target)
 
         with contextlib.suppress(RuntimeError):
@@ -239,6 +247,8 @@ class Daemon:
             job.last_done = self.clock.monotonic()
         if result is None:
             return None
+        if tw.restarting and result.status == Status.FAIL:
+            return result  # our own restart is in progress: its refusals are not the server's failures
         now_m = self.clock.monotonic()
         self.metrics.probe_results.labels(tw.cfg.name, name, tracker.effective_status(result, now_m).value).inc()
         self.metrics.probe_duration.labels(tw.cfg.name, name).observe(result.duration_s)
@@ -248,6 +258,8 @@ class Daemon:
             if self.on_probe_failure:
                 self.on_probe_failure(tw.cfg.name, result)
         tr = tracker.record(result, now_m)
+        if name == "liveness":
+            self.apply_findings(tw.health.note_liveness(tracker.failures))
         for obs in tw.observers:
             try:
                 self.apply_findings(obs.observe(result, now_m))

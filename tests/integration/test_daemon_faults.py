@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 
 from integration.harness import Harness, wait_for
 
@@ -127,8 +126,6 @@ async def test_hung_engine_caught_by_canary(harness: Harness) -> None:
     assert st is not None and st["engine"]["state"] == "running"
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: probes keep judging while the watchdog's own restart stops the "
-                   "server (protocol_error, then refused) and open a spurious service_down P0; see the report")
 async def test_own_restart_opens_no_other_incident(harness: Harness) -> None:
     """The watchdog's own restart of a hung engine opens no service_down/not_ready incident of its own."""
     h = harness
@@ -192,8 +189,6 @@ async def test_startup_kv_cache_escalates_without_crash_loop(harness: Harness) -
     assert h.runtime.pid is None or not await h.ready()
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: the ladder's own escalate step and then LADDER_EXHAUSTED both "
-                   "emit an 'escalated' edge (P0 -> P0): the on-call is paged twice; see the report")
 async def test_escalation_is_paged_once(harness: Harness) -> None:
     """An incident escalated to P0 by its ladder's escalate step is not escalated (paged) a second time."""
     h = harness

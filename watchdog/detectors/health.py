@@ -35,6 +35,8 @@ class HealthDetector:
         self._exits: deque[float] = deque(maxlen=64)
         self._last_restart_count: int | None = None
         self._was_unready = False
+        self.liveness_failures = 0  # unconfirmed liveness failures (the re-probe is pending)
+        self._deferred: list[Finding] = []
 
     def _f(
         self, kind: IncidentKind, sev: Severity, summary: str, *, active: bool = True, **evidence: object
@@ -45,7 +47,31 @@ class HealthDetector:
         )
 
     def live(self) -> bool:
-        return self.states.get("liveness") != ProbeState.FAILING
+        """Liveness passes and has no unconfirmed failure: only then can readiness/canary failures be
+        blamed on the engine rather than on a server that does not answer at all."""
+        return self.states.get("liveness") != ProbeState.FAILING and self.liveness_failures == 0
+
+    def note_liveness(self, failures: int) -> list[Finding]:
+        """After every liveness run: release findings that waited for liveness to decide, or drop them
+        when liveness confirmed that the server is down (service_down covers them)."""
+        self.liveness_failures = failures
+        if self.states.get("liveness") == ProbeState.FAILING:
+            self._deferred.clear()
+            return []
+        if failures == 0 and self._deferred:
+            out = [f for f in self._deferred if self.states.get(str(f.evidence.get("_probe"))) == ProbeState.FAILING]
+            self._deferred.clear()
+            return [Finding(target=f.target, kind=f.kind, severity=f.severity, summary=f.summary,
+                            evidence={k: v for k, v in f.evidence.items() if k != "_probe"}, source=f.source)
+                    for f in out]
+        return []
+
+    def _engine_finding(self, up: HealthUpdate, probe: str, f: Finding) -> None:
+        if self.live():
+            up.findings.append(f)
+        elif self.states.get("liveness") != ProbeState.FAILING:
+            self._deferred.append(Finding(target=f.target, kind=f.kind, severity=f.severity, summary=f.summary,
+                                          evidence={**dict(f.evidence), "_probe": probe}, source=f.source))
 
     def on_transition(self, tr: Transition, now: float) -> HealthUpdate:
         self.states[tr.probe] = tr.after
@@ -67,14 +93,12 @@ class HealthDetector:
         elif tr.probe == "readiness":
             if tr.after == ProbeState.FAILING:
                 self._was_unready = True
-                if self.live():
-                    if r.values.get("error") == "wrong_model":
-                        up.findings.append(self._f(
-                            IncidentKind.WRONG_MODEL, Severity.P1, r.summary, served=r.values.get("served"),
-                        ))
-                    else:
-                        up.findings.append(self._f(IncidentKind.NOT_READY, Severity.P1,
-                                                   f"vLLM is not ready: {r.summary}", probe=r.summary))
+                if r.values.get("error") == "wrong_model":
+                    f = self._f(IncidentKind.WRONG_MODEL, Severity.P1, r.summary, served=r.values.get("served"))
+                else:
+                    f = self._f(IncidentKind.NOT_READY, Severity.P1, f"vLLM is not ready: {r.summary}",
+                                probe=r.summary)
+                self._engine_finding(up, "readiness", f)
             elif tr.after == ProbeState.PASSING:
                 up.findings.append(self._f(IncidentKind.WRONG_MODEL, Severity.P1, "expected model served",
                                            active=False))
@@ -82,19 +106,20 @@ class HealthDetector:
                     up.ready_again = True
                 self._was_unready = False
         elif tr.probe == "canary":
-            if tr.after == ProbeState.FAILING and self.live():
+            if tr.after == ProbeState.FAILING:
                 if r.values.get("error") == "timeout":
                     # the failure no anchor catches: /health 200 while generation never returns
-                    up.findings.append(self._f(
+                    f = self._f(
                         IncidentKind.ENGINE_HUNG, Severity.P0,
                         f"canary completion times out while /health is 200: {r.summary}", probe=r.summary,
                         error="timeout",
-                    ))
+                    )
                 else:
-                    up.findings.append(self._f(
+                    f = self._f(
                         IncidentKind.NOT_READY, Severity.P1, f"canary completion fails: {r.summary}",
                         probe=r.summary, error=r.values.get("error"), http_status=r.values.get("http_status"),
-                    ))
+                    )
+                self._engine_finding(up, "canary", f)
             elif tr.after == ProbeState.PASSING:
                 up.findings.append(self._f(IncidentKind.ENGINE_HUNG, Severity.P0, "canary completion passes",
                                            active=False))
