@@ -62,7 +62,7 @@ def load_all(config: str) -> tuple[Any, Any]:
 
 
 def _print_problems(e: ConfigError) -> int:
-    for p in e.problems:
+    for p in sorted(e.problems, key=lambda p: (p.file, p.line or 0)):
         print(str(p), file=sys.stderr)
     print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
     return 2
@@ -130,7 +130,13 @@ def _endpoint(cfg_path: str) -> tuple[str | None, Path | None]:
         cfg = load_file(cfg_path)
     except ConfigError:
         return None, None
-    url = f"http://{cfg.http.listen}:{cfg.http.port}" if cfg.http.enabled else None
+    port = cfg.http.port
+    if port == 0:  # an ephemeral port: the running daemon wrote the one it bound
+        try:
+            port = int((cfg.state_dir / "http.port").read_text().strip())
+        except (OSError, ValueError):
+            return None, cfg.state_dir / "state.db"
+    url = f"http://{cfg.http.listen}:{port}" if cfg.http.enabled else None
     return url, cfg.state_dir / "state.db"
 
 

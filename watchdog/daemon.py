@@ -593,6 +593,7 @@ class Daemon:
         if self.cfg.http.enabled:
             self.http_server = HttpServer(self.handle_http, self.cfg.http.listen, self.cfg.http.port)
             port = await self.http_server.start()
+            (self.cfg.state_dir / "http.port").write_text(f"{port}\n")  # for the CLI when port is 0
             log.info("http endpoint", url=f"http://{self.cfg.http.listen}:{port}")
         resumed = self.remediator.resume()
         if resumed:

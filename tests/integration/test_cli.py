@@ -53,7 +53,7 @@ def test_check_accepts_demo_policies(harness: Harness, capsys: pytest.CaptureFix
 
 def test_check_broken_config_exact_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A typo'd key, a missing field and a negative period each print `file:line: field: ...` (exact
-    text) and `check` exits 2."""
+    text, in line order) and `check` exits 2."""
     f = tmp_path / "bad1.yaml"
     f.write_text(f"state_dir: {tmp_path / 'state'}\ntargets:\n  - name: vllm\n    base_url: http://127.0.0.1:8000\n"
                  "    modle: google/gemma-3-27b-it\n    probes:\n      liveness: {period_s: -1}\n")
@@ -61,10 +61,10 @@ def test_check_broken_config_exact_text(tmp_path: Path, capsys: pytest.CaptureFi
     assert rc == 2
     assert err.splitlines() == [
         f"{f}:3: targets[0].model: is required (add it)",
-        f"{f}:7: targets[0].probes.liveness.period_s: Input should be greater than 0",
         f"{f}:5: targets[0].modle: unknown key 'modle' (did you mean 'model'? known keys: api_key_env, "
         "api_key_file, base_url, config_files, crash_loop_exits, crash_loop_window_s, detectors, "
         "known_good_soak_s, labels, model, name, probes, runtime, tls)",
+        f"{f}:7: targets[0].probes.liveness.period_s: Input should be greater than 0 (use a number > 0)",
         "3 problem(s) found",
     ]
 
@@ -181,3 +181,13 @@ async def test_silence_and_outbox_round_trip(harness: Harness, capsys: pytest.Ca
     await h.start()
     await wait_for(lambda: not h.daemon.store.outbox_rows(state="pending"), timeout=20, what="requeued sent")
     assert len(h.receiver.items) == len(dead) - 1
+
+
+async def test_status_finds_a_daemon_on_an_ephemeral_port(harness: Harness,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """With `http.port: 0` the daemon records the port it bound, so `status` still reads the daemon."""
+    h = harness
+    await h.start()
+    await wait_for(h.ready, timeout=30, what="ready")
+    rc, out, _ = await arun_cli(capsys, "status", "--config", str(h.config_path))
+    assert rc == 0 and out.startswith("source: daemon; healthy: True"), out

@@ -53,7 +53,7 @@ def test_every_problem_reported_at_once() -> None:
     """Several problems are all listed, each with its own line."""
     text = GOOD + "    probes:\n      liveness:\n        period_s: -1\n        perod: 3\n"
     out = problems(text)
-    assert "w.yaml:14: targets[0].probes.liveness.period_s: Input should be greater than 0" in out
+    assert "w.yaml:14: targets[0].probes.liveness.period_s: Input should be greater than 0 (use a number > 0)" in out
     assert any(o.startswith("w.yaml:15: targets[0].probes.liveness.perod: unknown key 'perod' (did you mean "
                             "'period_s'?") for o in out)
 
@@ -97,7 +97,10 @@ def test_bad_env_override_names_the_variable(monkeypatch: pytest.MonkeyPatch) ->
     """An invalid override is reported against the environment variable, not the file."""
     monkeypatch.setenv("VLLM_WATCHDOG_HTTP__PORT", "99999")
     out = problems(GOOD)
-    assert out == ["environment VLLM_WATCHDOG_HTTP__PORT: http.port: Input should be less than or equal to 65535"]
+    assert out == [
+        "environment VLLM_WATCHDOG_HTTP__PORT: http.port: Input should be less than or equal to 65535 "
+        "(use a number <= 65535)"
+    ]
 
 
 def test_secret_values_are_never_echoed() -> None:

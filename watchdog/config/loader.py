@@ -138,6 +138,10 @@ def _in_doc(data: Any, loc: Sequence[str | int]) -> bool:
     return True
 
 
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
+           "less_than_equal": ("<=", "le")}
+
+
 def problem_from_error(
     err: Mapping[str, Any], file: str, lines: LineMap, data: Any, root: type[BaseModel] = WatchdogConfig
 ) -> Problem:
@@ -172,6 +176,10 @@ def problem_from_error(
         fix = "use one of: docker, systemd, process"
     elif kind == "value_error":
         msg = msg.removeprefix("Value error, ")
+    elif kind in _BOUNDS:
+        limit = (err.get("ctx") or {}).get(_BOUNDS[kind][1])
+        shown_limit = f"{limit:g}" if isinstance(limit, int | float) else str(limit)
+        fix = f"use a number {_BOUNDS[kind][0]} {shown_limit}"
     elif kind.endswith("_type") or kind.endswith("_parsing"):
         fix = "check the value's type"
     return Problem(file=source, line=line, field=_fmt_loc(shown), message=msg, fix=fix)
