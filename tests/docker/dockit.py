@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "hostbase:latest"
@@ -46,13 +45,6 @@ def free_port() -> int:
 
 def docker_url() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
-def unavailable(reason: str) -> None:
-    """Skip with the reason; under CI=true fail instead (CI must run these tests)."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but the Docker integration tests cannot run: {reason}", pytrace=False)
-    pytest.skip(f"no usable Docker engine: {reason} (run .ci/docker-up.sh)")
 
 
 def runtime_mounts() -> dict[str, dict[str, str]]:

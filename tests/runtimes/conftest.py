@@ -24,6 +24,9 @@ def docker_base_url() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
+# the `docker_client` fixture (skip here, fail under CI=true) lives in tests/conftest.py
+
+
 def host_mounts() -> dict[str, dict[str, str]]:
     """The host's runtime, read-only, so the empty hostbase image can run the host's python."""
     vols = {p: {"bind": p, "mode": "ro"} for p in ("/usr", "/lib", "/lib64", "/bin") if os.path.isdir(p)}
@@ -34,34 +37,6 @@ def host_mounts() -> dict[str, dict[str, str]]:
 
 def app_command() -> list[str]:
     return [f"{sys.base_prefix}/bin/python3", "-u", "/tests/ctlapp.py", "/ctl"]
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but the Docker tests cannot run: {reason}", pytrace=False)
-    pytest.skip(f"no usable Docker engine: {reason} (run .ci/docker-up.sh)")
-
-
-@pytest.fixture(scope="session")
-def docker_client() -> Iterator[Any]:
-    """A docker-py client on a reachable engine that has the hostbase image; skips (or fails in CI) otherwise."""
-    try:
-        import docker
-    except ImportError as e:  # pragma: no cover
-        _unavailable(f"docker SDK not installed ({e})")
-        raise
-    try:
-        client = docker.DockerClient(base_url=docker_base_url(), version="auto", timeout=60)
-        client.ping()
-    except Exception as e:
-        _unavailable(f"engine at {docker_base_url()} unreachable: {e.__class__.__name__}: {str(e)[:160]}")
-        raise
-    try:
-        client.images.get(IMAGE)
-    except Exception:
-        _unavailable(f"image {IMAGE} is missing")
-    yield client
-    client.close()
 
 
 async def until(pred: Callable[[], Any], limit_s: float = 15.0, every: float = 0.05) -> Any:
