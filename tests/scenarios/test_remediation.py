@@ -293,3 +293,15 @@ async def test_runtime_unavailable_during_restart_is_skipped_not_failed(tmp_path
     await step(w)
     assert [a.outcome for a in w.store.attempts(incident_id=inc)] == ["skipped"]
     assert w.rem.ladder_step(w.rem.policies.by_name("down"), "vllm", w.clock.time()) == 0  # type: ignore[arg-type]
+
+
+def test_step_naming_a_missing_receiver_is_reported() -> None:
+    """`check` reports a notify/escalate step that names a receiver the config does not have."""
+    from watchdog.remediation.policy import cross_check
+
+    text = ("policies:\n  - name: x\n    match: {kinds: [disk_low]}\n    steps:\n"
+            "      - action: escalate\n        receivers: [oncall-pagerdty]\n")
+    ps = PolicySet(load_policy_text(text, "p.yaml"), ["p.yaml"])
+    problems = [str(p) for p in cross_check(ps, targets={"vllm": set()}, receivers={"oncall-pagerduty"})]
+    assert problems == ["p.yaml: policies.x.steps[0].receivers: no receiver named 'oncall-pagerdty' "
+                        "(known: oncall-pagerduty)"]

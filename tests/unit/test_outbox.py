@@ -163,3 +163,16 @@ async def test_edges_never_overtake_an_opening_that_is_grouping(tmp_path: Path) 
     pipe.flush_all()
     await disp.drain_once()
     assert [n.event for n in r.sent] == [EventKind.OPENED, EventKind.REMEDIATION_STARTED]
+
+
+async def test_step_receivers_are_added_to_the_route(tmp_path: Path) -> None:
+    """An edge whose step names extra receivers reaches them besides the routed ones."""
+    a, b = RecordingNotifier("a"), RecordingNotifier("b")
+    _store, clock, im, pipe, disp = setup(tmp_path, {"a": a, "b": b}, route=["a"])
+    opened = im.apply(finding("disk_low", sev=Severity.P2), clock.time())
+    from watchdog.incidents import Edge
+
+    pipe.submit(Edge(EventKind.ESCALATED, opened[0].incident, {"action": "escalate", "receivers": ["b"]}))
+    await disp.drain_once()
+    assert [n.event for n in a.sent] == [EventKind.ESCALATED]
+    assert [n.event for n in b.sent] == [EventKind.ESCALATED]

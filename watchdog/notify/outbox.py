@@ -219,6 +219,8 @@ class NotifyPipeline:
             targets = openers & only
         else:
             targets = openers | set(self.route(n, now))
+        if not silenced and edge.detail.get("receivers"):
+            targets |= set(edge.detail["receivers"])  # a notify/escalate step named extra receivers
         targets &= self.receivers()
         if not targets:
             return

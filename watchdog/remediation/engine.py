@@ -206,6 +206,8 @@ class Remediator:
         started = self.clock.time()
         base = {"action": step.action, "policy": policy.name, "step": idx + 1, "of": len(policy.steps),
                 "attempt": attempt_id}
+        if isinstance(step, P.NotifyStep | P.EscalateStep) and step.receivers:
+            base["receivers"] = list(step.receivers)  # the step names extra receivers to tell
         try:
             if step.action == "escalate":
                 self.store.finish_attempt(attempt_id, outcome="escalated", reason=f"escalated to {step.severity}",

@@ -144,12 +144,14 @@ class ExecStep(_Step):
 class NotifyStep(_Step):
     action: Literal["notify"]
     message: str = ""
+    receivers: list[str] = Field(default_factory=list, description="Also tell these receivers (by name)")
 
 
 class EscalateStep(_Step):
     action: Literal["escalate"]
     severity: Severity = Severity.P0
     message: str = ""
+    receivers: list[str] = Field(default_factory=list, description="Also page these receivers (by name)")
 
 
 Step = Annotated[
@@ -304,6 +306,11 @@ def cross_check(
                     "move 'escalate' to the end",
                 ))
                 break
+            for r in getattr(s, "receivers", []) or []:
+                if r not in receivers:
+                    problems.append(Problem(file, None, f"{where}.steps[{i}].receivers",
+                                            f"no receiver named '{r}'",
+                                            "known: " + (", ".join(sorted(receivers)) or "none configured")))
             if isinstance(s, SetConfigStep | RollbackStep) and s.config is not None:
                 scope = p.match.targets or list(targets)
                 for t in scope:
