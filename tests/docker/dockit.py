@@ -356,7 +356,24 @@ class PrivateDockerd:
         self.proc = None
 
     def cleanup(self) -> None:
+        # with --live-restore, containers outlive their dockerd: remove them while it still answers, then
+        # end any process of ours that is still tied to this engine's directory (container shims)
+        if self.proc is not None and self.proc.poll() is None:
+            import docker
+
+            with contextlib.suppress(Exception):
+                c = docker.DockerClient(base_url=self.url, version="auto", timeout=30)
+                for ctr in c.containers.list(all=True):
+                    with contextlib.suppress(Exception):
+                        ctr.remove(force=True)
+                c.close()
         self.stop()
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if str(self.dir) in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(int(pid_dir.name), signal.SIGKILL)
         # dockerd leaves mounts behind (its data-root bind-mounted on itself, the netns nsfs): deepest first
         with open("/proc/self/mountinfo") as fh:
             points = [line.split()[4] for line in fh]
