@@ -44,3 +44,33 @@ def docker_client() -> Iterator[Any]:
         docker_unavailable(f"image {HOSTBASE_IMAGE} is missing")
     yield client
     client.close()
+
+
+def _private_dockerd(live_restore: bool) -> Iterator[Any]:
+    import shutil
+
+    from private_dockerd import PrivateDockerd
+
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but a private dockerd cannot be started (needs root and dockerd)")
+        pytest.skip("a private dockerd needs root and the dockerd binary")
+    d = PrivateDockerd(live_restore=live_restore)
+    try:
+        d.start()
+        d.import_base()
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture
+def private_dockerd(docker_client: Any) -> Iterator[Any]:
+    """A private engine with hostbase imported; skips where dockerd cannot be started here (fails under CI)."""
+    yield from _private_dockerd(False)
+
+
+@pytest.fixture
+def live_restore_dockerd(docker_client: Any) -> Iterator[Any]:
+    """The same with `--live-restore`: its containers keep running while it is down."""
+    yield from _private_dockerd(True)

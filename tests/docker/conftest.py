@@ -4,8 +4,6 @@ Daemon in-process (always stopped)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,6 @@ from typing import Any
 import pytest
 from dockit import (
     Emulator,
-    PrivateDockerd,
     Watch,
     free_port,
     remove_named,
@@ -72,27 +69,4 @@ async def watchdog(tmp_path: Path) -> AsyncIterator[WatchFactory]:
         await w.stop()
 
 
-def _private_dockerd(live_restore: bool) -> Iterator[PrivateDockerd]:
-    if shutil.which("dockerd") is None or os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI=true but a private dockerd cannot be started (needs root and dockerd)")
-        pytest.skip("a private dockerd needs root and the dockerd binary")
-    d = PrivateDockerd(live_restore=live_restore)
-    try:
-        d.start()
-        d.import_base()
-        yield d
-    finally:
-        d.cleanup()
-
-
-@pytest.fixture
-def private_dockerd(docker_client: Any) -> Iterator[PrivateDockerd]:
-    """A private engine with hostbase imported; skips where dockerd cannot be started here (fails under CI)."""
-    yield from _private_dockerd(False)
-
-
-@pytest.fixture
-def live_restore_dockerd(docker_client: Any) -> Iterator[PrivateDockerd]:
-    """The same with `--live-restore`: its containers keep running while it is down."""
-    yield from _private_dockerd(True)
+# `private_dockerd` and `live_restore_dockerd` live in tests/conftest.py (shared with tests/runtimes)
