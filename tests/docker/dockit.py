@@ -8,7 +8,6 @@ It never touches the shared dockerd's other containers and never stops it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from polling import until
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "hostbase:latest"
@@ -135,21 +135,6 @@ def run_emulator(client: Any, name: str, *, port: int, ctl: Path, env: dict[str,
     if start:
         return client.containers.run(IMAGE, cmd, **kw)
     return client.containers.create(IMAGE, cmd, **kw)
-
-
-async def until(pred: Callable[[], Any], limit_s: float = 20.0, every: float = 0.05,
-                what: str = "condition", why: Callable[[], str] | None = None) -> Any:
-    """Poll an (a)sync predicate until truthy; at the deadline fail with `why()` as diagnostics."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not met within {limit_s} s\n{why() if why else ''}")
-        await asyncio.sleep(every)
 
 
 # ----------------------------------------------------------------------------------------- the daemon

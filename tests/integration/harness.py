@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import secrets
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 import httpx
 import yaml
+from polling import until
 
 from watchdog.incidents import Edge
 
@@ -385,13 +384,4 @@ class Harness:
 async def wait_for(cond: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 30.0,  # noqa: ASYNC109
                    what: str = "condition", step: float = 0.1) -> Any:
     """Poll `cond` (sync or async) until it returns a truthy value, at most `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if inspect.isawaitable(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(step)
+    return await until(cond, limit_s=timeout, every=step, what=what)

@@ -3,16 +3,16 @@ uniquely named containers running tests/runtimes/ctlapp.py on the host runtime, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import os
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import polling
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -39,18 +39,8 @@ def app_command() -> list[str]:
     return [f"{sys.base_prefix}/bin/python3", "-u", "/tests/ctlapp.py", "/ctl"]
 
 
-async def until(pred: Callable[[], Any], limit_s: float = 15.0, every: float = 0.05) -> Any:
-    """Poll an (a)sync predicate until it is truthy; fail with a clear message at the deadline."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {limit_s} s")
-        await asyncio.sleep(every)
+# the bounded poll (tests/polling.py) with this folder's 15 s deadline
+until = functools.partial(polling.until, limit_s=15.0)
 
 
 def write_ctl(ctl: Path, name: str, arg: str) -> None:
