@@ -229,8 +229,6 @@ class Daemon:
     async def _run_probe(self, tw: TargetWatch, name: str) -> ProbeResult | None:
         probe = tw.probes[name]
         tracker = tw.trackers[name]
-        job = self.jobs[f"{tw.cfg.name}:{name}"]
-        job.running_since = self.clock.monotonic()
         result: ProbeResult | None = None
         try:
             async with asyncio.timeout(tracker.timing.timeout_s + 1.0):
@@ -242,9 +240,6 @@ class Daemon:
         except Exception as e:  # the probe itself is broken: drop the sample (kubelet)
             self.metrics.probe_errors.labels(tw.cfg.name, name, e.__class__.__name__).inc()
             log.warning("probe error", target=tw.cfg.name, probe=name, error=e.__class__.__name__)
-        finally:
-            job.running_since = None
-            job.last_done = self.clock.monotonic()
         if result is None:
             return None
         if tw.restarting and result.status == Status.FAIL:
@@ -279,20 +274,32 @@ class Daemon:
                     self.emit(edge)
         return result
 
+    def _add_job(self, job_id: str, fn: Callable[[], Awaitable[float]], period_s: float, timeout_s: float,
+                 delay: float = 0.0) -> None:
+        """Register a job's health bookkeeping (for /healthz and the systemd watchdog) and start its chain."""
+        self.jobs[job_id] = JobHealth(period_s, timeout_s)
+        self._schedule(job_id, fn, delay)
+
     def _schedule(self, job_id: str, fn: Callable[[], Awaitable[float]], delay: float) -> None:
         """Run `fn` after `delay`; its result is the delay of the next run (a chain: one run at a time per
         job, and a first failure can ask for an immediate re-probe). Each link has its own APScheduler id,
-        since the running link still counts as an instance when it schedules its successor."""
+        since the running link still counts as an instance when it schedules its successor. Every run is
+        recorded in the job's JobHealth, so a stuck or silent job makes the loop unhealthy."""
         if self.scheduler is None or self.stop_event.is_set():
             return
         self._seq += 1
 
         async def run() -> None:
             nxt = 5.0
+            job = self.jobs[job_id]
+            job.running_since = self.clock.monotonic()
             try:
                 nxt = await fn()
             except Exception:
                 log.exception("job failed", job=job_id)
+            finally:
+                job.running_since = None
+                job.last_done = self.clock.monotonic()
             self._schedule(job_id, fn, nxt)
 
         self.scheduler.add_job(run, "date", run_date=datetime.now(UTC) + timedelta(seconds=max(0.0, delay)),
@@ -305,12 +312,8 @@ class Daemon:
 
         return fn
 
-    def _extra_job(self, tw: TargetWatch | None, extra: Extra) -> Callable[[], Awaitable[float]]:
-        key = extra.name or f"{extra.probe.target}:{extra.probe.name}"
-
+    def _extra_job(self, extra: Extra) -> Callable[[], Awaitable[float]]:
         async def fn() -> float:
-            job = self.jobs[key]
-            job.running_since = self.clock.monotonic()
             try:
                 async with asyncio.timeout(extra.timeout_s + 1.0):
                     result = await extra.probe.check()
@@ -319,9 +322,6 @@ class Daemon:
                 log.warning("probe error", target=extra.probe.target, probe=extra.probe.name,
                             error=e.__class__.__name__)
                 return extra.period_s
-            finally:
-                job.running_since = None
-                job.last_done = self.clock.monotonic()
             self.metrics.probe_results.labels(extra.probe.target, extra.probe.name, result.status.value).inc()
             self.metrics.probe_duration.labels(extra.probe.target, extra.probe.name).observe(result.duration_s)
             now = self.clock.monotonic()
@@ -345,29 +345,18 @@ class Daemon:
                 self.apply_findings(obs.observe_lines(lines, now))
 
     def _logs_job(self, tw: TargetWatch) -> Callable[[], Awaitable[float]]:
-        key = f"{tw.cfg.name}:logs"
-
         async def fn() -> float:
-            job = self.jobs[key]
-            job.running_since = self.clock.monotonic()
             try:
                 async with asyncio.timeout(15):
                     await self._logs_job_once(tw)
             except Exception as e:
                 log.warning("log read failed", target=tw.cfg.name, error=e.__class__.__name__)
-            finally:
-                job.running_since = None
-                job.last_done = self.clock.monotonic()
             return tw.cfg.probes.logs.period_s
 
         return fn
 
     def _runtime_job(self, tw: TargetWatch) -> Callable[[], Awaitable[float]]:
-        key = f"{tw.cfg.name}:runtime"
-
         async def fn() -> float:
-            job = self.jobs[key]
-            job.running_since = self.clock.monotonic()
             try:
                 assert tw.runtime is not None
                 async with asyncio.timeout(30):
@@ -376,9 +365,6 @@ class Daemon:
                 self._soak_known_good(tw)
             except Exception as e:
                 log.debug("runtime state failed", target=tw.cfg.name, error=e.__class__.__name__)
-            finally:
-                job.running_since = None
-                job.last_done = self.clock.monotonic()
             return 5.0
 
         return fn
@@ -570,25 +556,17 @@ class Daemon:
         self.scheduler.start()
         for name, tw in self.targets.items():
             for pname, tracker in tw.trackers.items():
-                self.jobs[f"{name}:{pname}"] = JobHealth(tracker.timing.period_s, tracker.timing.timeout_s)
-                self._schedule(f"{name}:{pname}", self._probe_job(tw, pname), 0.0)
-            for ex in tw.extras:
-                key = ex.name or f"{ex.probe.target}:{ex.probe.name}"
-                self.jobs[key] = JobHealth(ex.period_s, ex.timeout_s)
-                self._schedule(key, self._extra_job(tw, ex), 0.0)
+                self._add_job(f"{name}:{pname}", self._probe_job(tw, pname), tracker.timing.period_s,
+                              tracker.timing.timeout_s)
             if tw.runtime is not None:
                 if tw.log_detector is not None:
-                    self.jobs[f"{name}:logs"] = JobHealth(tw.cfg.probes.logs.period_s, 15)
-                    self._schedule(f"{name}:logs", self._logs_job(tw), 0.0)
-                self.jobs[f"{name}:runtime"] = JobHealth(5.0, 30)
-                self._schedule(f"{name}:runtime", self._runtime_job(tw), 0.0)
+                    self._add_job(f"{name}:logs", self._logs_job(tw), tw.cfg.probes.logs.period_s, 15)
+                self._add_job(f"{name}:runtime", self._runtime_job(tw), 5.0, 30)
                 tw.tasks.append(asyncio.create_task(self._watch_events(tw), name=f"events:{name}"))
-        for ex in host_extras(self):
-            key = ex.name or f"{ex.probe.target}:{ex.probe.name}"
-            self.jobs[key] = JobHealth(ex.period_s, ex.timeout_s)
-            self._schedule(key, self._extra_job(None, ex), 0.0)
-        self.jobs["remediation"] = JobHealth(1.0, 30)
-        self._schedule("remediation", self._tracked("remediation", self._remediation_tick), 1.0)
+        for ex in [e for tw in self.targets.values() for e in tw.extras] + host_extras(self):
+            self._add_job(ex.name or f"{ex.probe.target}:{ex.probe.name}", self._extra_job(ex), ex.period_s,
+                          ex.timeout_s)
+        self._add_job("remediation", self._remediation_tick, 1.0, 30, delay=1.0)
         self._bg.append(asyncio.create_task(self.dispatcher.run(self.stop_event), name="outbox"))
         if self.cfg.http.enabled:
             self.http_server = HttpServer(self.handle_http, self.cfg.http.listen, self.cfg.http.port)
@@ -602,18 +580,6 @@ class Daemon:
         log.info("watchdog started", version=__version__, targets=list(self.targets),
                  policies=[p.name for p in self.policies.policies], receivers=sorted(self.notifiers),
                  dry_run=self.cfg.remediation.dry_run)
-
-    def _tracked(self, key: str, fn: Callable[[], Awaitable[float]]) -> Callable[[], Awaitable[float]]:
-        async def run() -> float:
-            job = self.jobs[key]
-            job.running_since = self.clock.monotonic()
-            try:
-                return await fn()
-            finally:
-                job.running_since = None
-                job.last_done = self.clock.monotonic()
-
-        return run
 
     def _start_sd_notify(self) -> None:
         try:
