@@ -458,7 +458,7 @@ class Store:
         rows = self.db.execute("SELECT receiver, state, COUNT(*) AS n FROM outbox GROUP BY receiver, state")
         return {(r["receiver"], r["state"]): int(r["n"]) for r in rows}
 
-    def receivers_sent(self, fingerprint: str, incident_id: int) -> set[str]:
+    def receivers_sent(self, incident_id: int) -> set[str]:
         """Receivers that were given (or are queued) the opening of this incident."""
         rows = self.db.execute(
             "SELECT DISTINCT receiver FROM outbox WHERE incident_id=? AND event IN ('opened','escalated')"

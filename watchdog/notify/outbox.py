@@ -209,7 +209,7 @@ class NotifyPipeline:
         silenced = self.store.silenced(inc.target, inc.kind, now)
         # routing decides who hears an opening; every later edge of the incident also goes to the
         # receivers that got the opening (a P1 opened in business hours keeps its evening resolve)
-        openers = set() if edge.event == EventKind.OPENED else self.store.receivers_sent(inc.fingerprint, inc.id)
+        openers = set() if edge.event == EventKind.OPENED else self.store.receivers_sent(inc.id)
         if edge.event == EventKind.RESOLVED:
             targets = openers | (set() if silenced else set(self.route(n, now)))
         elif silenced:
