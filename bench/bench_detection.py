@@ -47,10 +47,13 @@ sys.path.insert(0, str(ROOT))
 from watchdog.cli import load_all  # noqa: E402
 from watchdog.daemon import Daemon  # noqa: E402
 from watchdog.demo import Receiver, free_port  # noqa: E402
-from watchdog.incidents import Edge  # noqa: E402
 from watchdog.logging_setup import setup_logging  # noqa: E402
-from watchdog.model import EventKind, ProbeResult  # noqa: E402
-from watchdog.probing import ProbeState  # noqa: E402
+from watchdog.model import (  # noqa: E402
+    EventKind,
+    IncidentEdge,
+    ProbeResult,
+    ProbeState,
+)
 
 EMULATOR = ROOT / "watchdog" / "emulator.py"
 TARGET = "bench-vllm"
@@ -138,7 +141,7 @@ class Bench:
         self.rng = random.Random(args.seed)
 
     # ---------------------------------------------------------------- hooks (called inside the daemon)
-    def on_edge(self, edge: Edge) -> None:
+    def on_edge(self, edge: IncidentEdge) -> None:
         r = self.current
         if r is None:
             return

@@ -47,10 +47,15 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from watchdog.clock import SystemClock  # noqa: E402
-from watchdog.incidents import Edge, IncidentManager  # noqa: E402
+from watchdog.incidents import IncidentManager  # noqa: E402
 from watchdog.logging_setup import setup_logging  # noqa: E402
 from watchdog.metrics import WatchdogMetrics  # noqa: E402
-from watchdog.model import EventKind, Finding, Severity  # noqa: E402
+from watchdog.model import (  # noqa: E402
+    EventKind,
+    Finding,
+    IncidentEdge,
+    Severity,
+)
 from watchdog.notify.notifiers.webhook import WebhookNotifier, WebhookReceiverConfig  # noqa: E402
 from watchdog.notify.outbox import Dispatcher, NotifyPipeline  # noqa: E402
 from watchdog.notify.routing import Router, example_route  # noqa: E402
@@ -175,28 +180,28 @@ class Burst:
         self.profile = profile
         self.name = name
 
-    def edges_for(self, n: int, lifecycle: bool) -> tuple[list[Edge], float]:
+    def edges_for(self, n: int, lifecycle: bool) -> tuple[list[IncidentEdge], float]:
         """Make the burst's edges through the IncidentManager; returns (edges, seconds spent)."""
         t0 = time.perf_counter()
-        edges: list[Edge] = []
+        edges: list[IncidentEdge] = []
         if not lifecycle:
             for i in range(n):
                 edges.extend(self.incidents.apply(finding(i), time.time()))
         else:
-            opened: list[Edge] = []
+            opened: list[IncidentEdge] = []
             for i in range(n // 4):
                 made = self.incidents.apply(finding(i), time.time())
                 edges.extend(made)
                 opened.extend(made)
             for e in opened:
                 d = {"action": "restart", "policy": "service-down", "step": 1, "of": 3, "attempt": 1}
-                edges.append(Edge(EventKind.REMEDIATION_STARTED, e.incident, d))
-                edges.append(Edge(EventKind.REMEDIATION_SUCCEEDED, e.incident,
+                edges.append(IncidentEdge(EventKind.REMEDIATION_STARTED, e.incident, d))
+                edges.append(IncidentEdge(EventKind.REMEDIATION_SUCCEEDED, e.incident,
                                   {**d, "outcome": "ok", "reason": "readiness passes again"}))
                 edges.extend(self.incidents.resolve_ids([e.incident.id], time.time(), "readiness passes again"))
         return edges, time.perf_counter() - t0
 
-    def submit_all(self, edges: list[Edge]) -> float:
+    def submit_all(self, edges: list[IncidentEdge]) -> float:
         with profiled(self.profile, f"pipeline, {self.name}"):
             t0 = time.perf_counter()
             for e in edges:

@@ -31,12 +31,12 @@ from watchdog.api import HttpServer, json_response
 from watchdog.clock import Clock, SystemClock
 from watchdog.config.models import TargetConfig, WatchdogConfig
 from watchdog.detectors.health import HealthDetector
-from watchdog.incidents import Edge, IncidentManager
+from watchdog.incidents import IncidentManager
 from watchdog.metrics import WatchdogMetrics
-from watchdog.model import EventKind, Finding, ProbeResult, RuntimeEvent, Status
+from watchdog.model import EventKind, Finding, IncidentEdge, ProbeResult, ProbeState, RuntimeEvent, Status
 from watchdog.notify.outbox import Dispatcher, NotifyPipeline
 from watchdog.probes.http import CanaryProbe, LivenessProbe, ReadinessProbe
-from watchdog.probing import ProbeState, ProbeTracker
+from watchdog.probing import ProbeTracker
 from watchdog.protocols import Detector, Notifier, Probe, Runtime
 from watchdog.remediation.actions import TargetHandle
 from watchdog.remediation.engine import Remediator
@@ -111,7 +111,7 @@ class Daemon:
         notifier_factory: NotifierFactory | None = None,
         extras_factory: ExtrasFactory | None = None,
         config_path: Path | None = None,
-        on_edge: Callable[[Edge], None] | None = None,
+        on_edge: Callable[[IncidentEdge], None] | None = None,
         on_probe_failure: Callable[[str, ProbeResult], None] | None = None,
         on_delivered: Callable[[Any, Any], None] | None = None,
     ) -> None:
@@ -197,7 +197,7 @@ class Daemon:
         return tw
 
     # ------------------------------------------------------------------ edges
-    def emit(self, edge: Edge) -> None:
+    def emit(self, edge: IncidentEdge) -> None:
         """Every incident edge: to the notification pipeline, and (opened/escalated) to remediation."""
         if self.on_edge:
             self.on_edge(edge)
@@ -474,13 +474,14 @@ class Daemon:
         for inc in self.store.open_incidents():
             last = self.store.get(f"notified:{inc.id}")
             if last is not None and now - float(last) >= every:
-                self.emit(Edge(EventKind.REPEAT, inc, {"reason": f"still open after {int(now - inc.opened_at)} s"}))
+                why = f"still open after {int(now - inc.opened_at)} s"
+                self.emit(IncidentEdge(EventKind.REPEAT, inc, {"reason": why}))
             elif am and self.pipeline is not None:
                 # Alertmanager closes an alert at its endsAt (now + resolve window): re-send while open
                 last_am = float(self.store.get(f"am_resent:{inc.id}", last or 0) or 0)
                 if last is not None and now - last_am >= self.cfg.notify.alertmanager_resend_s:
                     self.store.put(f"am_resent:{inc.id}", now)
-                    self.pipeline.resend(Edge(EventKind.REPEAT, inc, {"reason": "still open"}), am)
+                    self.pipeline.resend(IncidentEdge(EventKind.REPEAT, inc, {"reason": "still open"}), am)
 
     # ------------------------------------------------------------------ HTTP endpoint
     async def handle_http(self, path: str) -> tuple[int, str, bytes]:

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watchdog.incidents import Edge
-from watchdog.model import EventKind
+from watchdog.model import EventKind, IncidentEdge
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR = Path(__file__).resolve().parent / "emulator.py"
@@ -154,7 +153,7 @@ async def run_demo(fast: bool = False) -> int:
     t0 = time.monotonic()
     current: list[FaultRun] = []
 
-    def on_edge(edge: Edge) -> None:
+    def on_edge(edge: IncidentEdge) -> None:
         if not current:
             return
         run = current[-1]

@@ -7,12 +7,11 @@ the composition root passes the edges on to remediation and notification.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from watchdog.metrics import WatchdogMetrics
-from watchdog.model import EventKind, Finding, Incident, IncidentKind, Severity
+from watchdog.model import EventKind, Finding, Incident, IncidentEdge, IncidentKind, Severity
 from watchdog.store import Store
 
 # Kinds that describe the health of the vLLM server itself: they resolve when the server is verified
@@ -37,15 +36,6 @@ HEALTH_KINDS: frozenset[str] = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Edge:
-    """A change worth telling: the incident after the change and what happened to it."""
-
-    event: EventKind
-    incident: Incident
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-
 class IncidentManager:
     """Applies findings to the store and returns the resulting edges."""
 
@@ -53,7 +43,7 @@ class IncidentManager:
         self.store = store
         self.metrics = metrics
 
-    def apply(self, finding: Finding, now: float) -> list[Edge]:
+    def apply(self, finding: Finding, now: float) -> list[IncidentEdge]:
         fp = finding.fingerprint
         with self.store.tx():
             cur = self.store.open_incident_by_fp(fp)
@@ -73,7 +63,7 @@ class IncidentManager:
                     if self.metrics:
                         self.metrics.incidents_opened.labels(inc.target, inc.kind, inc.severity.value).inc()
                     self._refresh_gauge()
-                    return [Edge(EventKind.OPENED, inc)]
+                    return [IncidentEdge(EventKind.OPENED, inc)]
                 worse = finding.severity.worse_than(cur.severity)
                 fields: dict[str, Any] = {
                     "updated_at": now,
@@ -91,13 +81,13 @@ class IncidentManager:
                     self.store.add_event(cur.id, "escalated", {"from": cur.severity.value,
                                                                "to": finding.severity.value}, now)
                     self._refresh_gauge()
-                    return [Edge(EventKind.ESCALATED, inc, {"from": cur.severity.value})]
+                    return [IncidentEdge(EventKind.ESCALATED, inc, {"from": cur.severity.value})]
                 return []
             if cur is None:
                 return []
             return [self._resolve(cur, now, finding.summary or "condition cleared", finding.source)]
 
-    def escalate(self, incident: Incident, severity: Severity, reason: str, now: float) -> Edge | None:
+    def escalate(self, incident: Incident, severity: Severity, reason: str, now: float) -> IncidentEdge | None:
         """Raise an open incident's severity (e.g. the remediation budget is spent). None if not worse."""
         with self.store.tx():
             cur = self.store.incident(incident.id)
@@ -112,11 +102,13 @@ class IncidentManager:
             inc = self.store.incident(cur.id)
             assert inc is not None
             self._refresh_gauge()
-            return Edge(EventKind.ESCALATED, inc, {"from": cur.severity.value, "reason": reason})
+            return IncidentEdge(EventKind.ESCALATED, inc, {"from": cur.severity.value, "reason": reason})
 
-    def resolve_health(self, target: str, now: float, reason: str, *, opened_before: float | None = None) -> list[Edge]:
+    def resolve_health(
+        self, target: str, now: float, reason: str, *, opened_before: float | None = None
+    ) -> list[IncidentEdge]:
         """Resolve every open server-health incident of `target` (the server is verified ready)."""
-        edges: list[Edge] = []
+        edges: list[IncidentEdge] = []
         with self.store.tx():
             for inc in self.store.open_incidents(target):
                 if inc.kind not in HEALTH_KINDS:
@@ -126,8 +118,8 @@ class IncidentManager:
                 edges.append(self._resolve(inc, now, reason, "verification"))
         return edges
 
-    def resolve_ids(self, ids: Iterable[int], now: float, reason: str) -> list[Edge]:
-        edges: list[Edge] = []
+    def resolve_ids(self, ids: Iterable[int], now: float, reason: str) -> list[IncidentEdge]:
+        edges: list[IncidentEdge] = []
         with self.store.tx():
             for iid in ids:
                 inc = self.store.incident(iid)
@@ -135,7 +127,7 @@ class IncidentManager:
                     edges.append(self._resolve(inc, now, reason, "verification"))
         return edges
 
-    def _resolve(self, cur: Incident, now: float, reason: str, source: str) -> Edge:
+    def _resolve(self, cur: Incident, now: float, reason: str, source: str) -> IncidentEdge:
         self.store.update_incident(cur.id, state="resolved", resolved_at=now, updated_at=now)
         self.store.add_event(cur.id, "resolved", {"reason": reason, "source": source}, now)
         inc = self.store.incident(cur.id)
@@ -144,7 +136,7 @@ class IncidentManager:
             self.metrics.incidents_resolved.labels(inc.target, inc.kind).inc()
             self.metrics.incident_duration.labels(inc.kind).observe(max(0.0, now - inc.opened_at))
         self._refresh_gauge()
-        return Edge(EventKind.RESOLVED, inc, {"reason": reason})
+        return IncidentEdge(EventKind.RESOLVED, inc, {"reason": reason})
 
     def _refresh_gauge(self) -> None:
         if not self.metrics:

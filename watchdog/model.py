@@ -173,6 +173,25 @@ class EventKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class IncidentEdge:
+    """A change worth telling: the incident after the change and what happened to it (an incident event:
+    opened, escalated, remediation started/succeeded/failed, repeat, resolved)."""
+
+    event: EventKind
+    incident: Incident
+    detail: Mapping[str, JSONValue] = field(default_factory=dict)
+
+
+class ProbeState(StrEnum):
+    """A probe's confirmed state (kubelet semantics: thresholds decide, not one result)."""
+
+    UNKNOWN = "unknown"
+    STARTING = "starting"
+    PASSING = "passing"
+    FAILING = "failing"
+
+
+@dataclass(frozen=True, slots=True)
 class Notification:
     """One incident edge to be told to receivers. Carries no secret, ever."""
 
@@ -307,6 +326,16 @@ class RuntimeEvent:
     at: float  # wall clock
     exit_code: int | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTransition:
+    """A probe's confirmed state changed (before → after), with the result that changed it."""
+
+    probe: str
+    before: ProbeState
+    after: ProbeState
+    result: ProbeResult
 
 
 @dataclass(frozen=True, slots=True)

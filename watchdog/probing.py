@@ -9,26 +9,9 @@ the next run, so a dead server is confirmed in about `timeout × threshold`, not
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from enum import StrEnum
 
 from watchdog.config.models import ProbeTiming
-from watchdog.model import ProbeResult, Status
-
-
-class ProbeState(StrEnum):
-    UNKNOWN = "unknown"
-    STARTING = "starting"
-    PASSING = "passing"
-    FAILING = "failing"
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    probe: str
-    before: ProbeState
-    after: ProbeState
-    result: ProbeResult
+from watchdog.model import ProbeResult, ProbeState, ProbeTransition, Status
 
 
 def refused_while_starting(result: ProbeResult) -> bool:
@@ -67,7 +50,7 @@ class ProbeTracker:
             return Status.STARTING
         return result.status
 
-    def record(self, result: ProbeResult, now: float) -> Transition | None:
+    def record(self, result: ProbeResult, now: float) -> ProbeTransition | None:
         self.last = result
         status = self.effective_status(result, now)
         before: ProbeState = self.state
@@ -95,7 +78,7 @@ class ProbeTracker:
             new = before
         self.state = new
         if new != before:
-            return Transition(self.name, before, new, result)
+            return ProbeTransition(self.name, before, new, result)
         return None
 
     def next_delay(self, now: float) -> float:

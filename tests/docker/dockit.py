@@ -191,7 +191,7 @@ class Watch:
     daemon: Any = None
     receiver: Any = None
     config_path: Path | None = None
-    edges: list[tuple[float, float, Any]] = field(default_factory=list)  # (monotonic, wall, Edge)
+    edges: list[tuple[float, float, Any]] = field(default_factory=list)  # (monotonic, wall, IncidentEdge)
 
     async def start(self) -> Watch:
         from watchdog.cli import load_all
@@ -235,7 +235,7 @@ class Watch:
         return bool(subs) and subs[0].stream is not None
 
     def ready(self) -> bool:
-        from watchdog.probing import ProbeState
+        from watchdog.model import ProbeState
 
         return self.tw.trackers["readiness"].state == ProbeState.PASSING
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from watchdog.detectors.thresholds import Edge, EdgeTracker, Level, ThresholdTracker, classify
+from watchdog.detectors.thresholds import EdgeTracker, Level, LevelEdge, ThresholdTracker, classify
 from watchdog.model import Severity
 
 LEVELS = [Level(Severity.P2, 80.0), Level(Severity.P1, 90.0)]
@@ -49,13 +49,13 @@ def test_edge_tracker_opens_only_after_for_s_and_resolves_after_clear_for_s() ->
     assert t.update(Severity.P1, 0.0) is None
     assert t.update(Severity.P1, 59.0) is None
     tr = t.update(Severity.P1, 60.0)
-    assert tr is not None and tr.edge is Edge.OPENED and tr.level is Severity.P1 and tr.since == 0.0
+    assert tr is not None and tr.edge is LevelEdge.OPENED and tr.level is Severity.P1 and tr.since == 0.0
     assert t.update(Severity.P1, 61.0) is None  # no repeat while unchanged
     assert t.update(None, 100.0) is None
     assert t.update(Severity.P1, 110.0) is None  # back before clear_for_s: still open, no edge
     assert t.update(None, 120.0) is None
     tr = t.update(None, 150.0)
-    assert tr is not None and tr.edge is Edge.RESOLVED and tr.previous is Severity.P1 and not tr.active
+    assert tr is not None and tr.edge is LevelEdge.RESOLVED and tr.previous is Severity.P1 and not tr.active
 
 
 def test_edge_tracker_pending_resets_when_condition_clears() -> None:
@@ -66,7 +66,7 @@ def test_edge_tracker_pending_resets_when_condition_clears() -> None:
     assert t.update(Severity.P2, 12.0) is None
     assert t.update(Severity.P2, 21.0) is None
     tr = t.update(Severity.P2, 22.0)
-    assert tr is not None and tr.edge is Edge.OPENED
+    assert tr is not None and tr.edge is LevelEdge.OPENED
 
 
 def test_edge_tracker_reports_level_changes_and_ignores_unknown() -> None:
@@ -74,7 +74,7 @@ def test_edge_tracker_reports_level_changes_and_ignores_unknown() -> None:
     t = EdgeTracker()
     assert t.update(Severity.P2, 0.0) is not None
     tr = t.update(Severity.P0, 1.0)
-    assert tr is not None and tr.edge is Edge.CHANGED and tr.previous is Severity.P2 and tr.level is Severity.P0
+    assert tr is not None and tr.edge is LevelEdge.CHANGED and tr.previous is Severity.P2 and tr.level is Severity.P0
     assert t.update(None, 2.0, known=False) is None
     assert t.level is Severity.P0
 
@@ -84,11 +84,11 @@ def test_threshold_tracker_runbook_memory_rule() -> None:
     t = ThresholdTracker([Level(Severity.P1, 90.0)], for_s=60.0, hysteresis=2.0)
     edges = [t.update(v, float(i * 10)) for i, v in enumerate([91, 92, 93, 91, 95, 96, 97])]
     opened = [e for e in edges if e is not None]
-    assert len(opened) == 1 and opened[0].edge is Edge.OPENED
+    assert len(opened) == 1 and opened[0].edge is LevelEdge.OPENED
     for i, v in enumerate([89.5, 90.5, 88.5, 90.2]):
         assert t.update(v, 100.0 + i) is None
     tr = t.update(87.9, 200.0)
-    assert tr is not None and tr.edge is Edge.RESOLVED
+    assert tr is not None and tr.edge is LevelEdge.RESOLVED
     assert t.update(math.nan, 201.0) is None
 
 

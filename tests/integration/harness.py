@@ -25,7 +25,7 @@ import httpx
 import yaml
 from polling import until
 
-from watchdog.incidents import Edge
+from watchdog.model import IncidentEdge
 
 ROOT = Path(__file__).resolve().parents[2]
 EMULATOR = ROOT / "watchdog" / "emulator.py"
@@ -184,9 +184,9 @@ class HookReceiver:
 
 @dataclass
 class EdgeLog:
-    edges: list[Edge] = field(default_factory=list)
+    edges: list[IncidentEdge] = field(default_factory=list)
 
-    def __call__(self, e: Edge) -> None:
+    def __call__(self, e: IncidentEdge) -> None:
         self.edges.append(e)
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from watchdog.clock import FakeClock
 from watchdog.config.models import ConfigFileRef
-from watchdog.incidents import Edge, IncidentManager
-from watchdog.model import EventKind, Finding, RunState, RuntimeState, Severity
+from watchdog.incidents import IncidentManager
+from watchdog.model import EventKind, Finding, IncidentEdge, RunState, RuntimeState, Severity
 from watchdog.remediation.actions import TargetHandle
 from watchdog.remediation.engine import Remediator
 from watchdog.remediation.guards import Reason
@@ -50,7 +50,7 @@ class World:
         self.clock = FakeClock()
         self.store = Store(tmp_path / "state.db")
         self.incidents = IncidentManager(self.store)
-        self.edges: list[Edge] = []
+        self.edges: list[IncidentEdge] = []
         self.ready = True
         self.env_file = tmp_path / "vllm.env"
         if not self.env_file.exists():
@@ -86,7 +86,7 @@ class World:
             self.clock.advance(advance)
         raise AssertionError("remediation did not finish")
 
-    def events(self, kind: EventKind) -> list[Edge]:
+    def events(self, kind: EventKind) -> list[IncidentEdge]:
         return [e for e in self.edges if e.event == kind]
 
 

@@ -130,9 +130,9 @@ async def test_resolve_goes_to_openers_even_when_silenced(tmp_path: Path) -> Non
         pipe.submit(e)
     store.add_silence(target="vllm", kind=None, reason="maintenance", now=clock.time(), duration_s=3600)
     inc = store.open_incidents()[0]
-    from watchdog.incidents import Edge
+    from watchdog.model import IncidentEdge
 
-    pipe.submit(Edge(EventKind.REPEAT, inc))
+    pipe.submit(IncidentEdge(EventKind.REPEAT, inc))
     for e in im.apply(finding("service_down", active=False), clock.time()):
         pipe.submit(e)
     await disp.drain_once()
@@ -155,9 +155,9 @@ async def test_edges_never_overtake_an_opening_that_is_grouping(tmp_path: Path) 
     _store, clock, im, pipe, disp = setup(tmp_path, {"r": r}, group_wait_s=1.0)
     opened = im.apply(finding("service_down"), clock.time())
     pipe.submit(opened[0])
-    from watchdog.incidents import Edge
+    from watchdog.model import IncidentEdge
 
-    pipe.submit(Edge(EventKind.REMEDIATION_STARTED, opened[0].incident, {"action": "restart"}))
+    pipe.submit(IncidentEdge(EventKind.REMEDIATION_STARTED, opened[0].incident, {"action": "restart"}))
     await disp.drain_once()
     assert r.sent == []
     pipe.flush_all()
@@ -170,9 +170,9 @@ async def test_step_receivers_are_added_to_the_route(tmp_path: Path) -> None:
     a, b = RecordingNotifier("a"), RecordingNotifier("b")
     _store, clock, im, pipe, disp = setup(tmp_path, {"a": a, "b": b}, route=["a"])
     opened = im.apply(finding("disk_low", sev=Severity.P2), clock.time())
-    from watchdog.incidents import Edge
+    from watchdog.model import IncidentEdge
 
-    pipe.submit(Edge(EventKind.ESCALATED, opened[0].incident, {"action": "escalate", "receivers": ["b"]}))
+    pipe.submit(IncidentEdge(EventKind.ESCALATED, opened[0].incident, {"action": "escalate", "receivers": ["b"]}))
     await disp.drain_once()
     assert [n.event for n in a.sent] == [EventKind.ESCALATED]
     assert [n.event for n in b.sent] == [EventKind.ESCALATED]

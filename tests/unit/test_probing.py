@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from watchdog.config.models import ProbeTiming
-from watchdog.model import ProbeResult, Status
-from watchdog.probing import ProbeState, ProbeTracker
+from watchdog.model import ProbeResult, ProbeState, Status
+from watchdog.probing import ProbeTracker
 
 
 def res(status: Status, **values: object) -> ProbeResult:

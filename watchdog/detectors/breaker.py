@@ -19,7 +19,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from watchdog.clock import Clock
-from watchdog.detectors.thresholds import Edge, EdgeTracker
+from watchdog.detectors.thresholds import EdgeTracker, LevelEdge
 from watchdog.model import Finding, IncidentKind, LogLine, ProbeResult, Severity, Status
 from watchdog.probes.metrics import fetch_text
 from watchdog.vllm_metrics import parse_families
@@ -168,7 +168,7 @@ class BreakerDetector:
         if t is None:
             return []
         ev = {**self._evidence, "vllm_ready": self._ready, "log_line": self._log_line}
-        if t.edge is Edge.RESOLVED:
+        if t.edge is LevelEdge.RESOLVED:
             return [Finding(self.target, IncidentKind.CIRCUIT_BREAKER_OPEN.value, Severity.P1,
                             "application circuit breaker closed again", active=False, evidence=ev,
                             source=self.name, remedy=REMEDY)]

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from watchdog.model import Finding, IncidentKind, RuntimeEvent, RuntimeState, Severity
-from watchdog.probing import ProbeState, Transition
+from watchdog.model import Finding, IncidentKind, ProbeState, ProbeTransition, RuntimeEvent, RuntimeState, Severity
 
 EXIT_EVENTS = frozenset({"die", "exit"})
 
@@ -73,7 +72,7 @@ class HealthDetector:
             self._deferred.append(Finding(target=f.target, kind=f.kind, severity=f.severity, summary=f.summary,
                                           evidence={**dict(f.evidence), "_probe": probe}, source=f.source))
 
-    def on_transition(self, tr: Transition, now: float) -> HealthUpdate:
+    def on_transition(self, tr: ProbeTransition, now: float) -> HealthUpdate:
         self.states[tr.probe] = tr.after
         up = HealthUpdate()
         r = tr.result

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from watchdog.detectors.thresholds import Edge, EdgeTracker, Level, ThresholdTracker, classify
+from watchdog.detectors.thresholds import EdgeTracker, Level, LevelEdge, ThresholdTracker, classify
 from watchdog.model import Finding, IncidentKind, ProbeResult, Severity
 from watchdog.probes.disk import DiskSettings
 from watchdog.probes.gpu import GpuSettings
@@ -91,7 +91,7 @@ class EdgeBook:
         tr = e.tracker.update(level, now)
         if tr is None:
             return None
-        if tr.edge is Edge.RESOLVED:
+        if tr.edge is LevelEdge.RESOLVED:
             prev = tr.previous or Severity.P3
             f = Finding(target=target, kind=kind, severity=prev, summary=resolved_summary or f"cleared: {summary}",
                         active=False, labels=dict(labels), evidence=dict(evidence or {}), source=self.source,

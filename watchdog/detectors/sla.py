@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from watchdog.detectors.thresholds import Edge, EdgeTracker, Transition
+from watchdog.detectors.thresholds import EdgeTracker, LevelChange, LevelEdge
 from watchdog.model import Finding, IncidentKind, ProbeResult, Severity, Status
 from watchdog.vllm_metrics import (
     DEFAULT_COMPLETION_HANDLERS,
@@ -309,11 +309,11 @@ class SlaDetector:
         remedy: str,
         summary: Callable[[], str],
     ) -> list[Finding]:
-        t: Transition | None = tracker.update(judged.level, now, known=judged.known)
+        t: LevelChange | None = tracker.update(judged.level, now, known=judged.known)
         if t is None:
             return []
         labels = {"model": model} if model is not None else {}
-        if t.edge is Edge.RESOLVED:
+        if t.edge is LevelEdge.RESOLVED:
             sev = t.previous or Severity.P3
             return [Finding(self.target, kind.value, sev, f"resolved: {summary()}", active=False, labels=labels,
                             evidence=evidence, source=self.name, remedy=remedy)]

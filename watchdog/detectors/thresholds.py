@@ -24,24 +24,24 @@ from enum import StrEnum
 from watchdog.model import Severity
 
 
-class Edge(StrEnum):
+class LevelEdge(StrEnum):
     OPENED = "opened"
     CHANGED = "changed"  # still active, with another severity (escalated or de-escalated)
     RESOLVED = "resolved"
 
 
 @dataclass(frozen=True, slots=True)
-class Transition:
+class LevelChange:
     """One edge. `level` is the new severity (None on RESOLVED); `previous` the one before."""
 
-    edge: Edge
+    edge: LevelEdge
     level: Severity | None
     previous: Severity | None
     since: float  # monotonic time at which the condition started (OPENED/CHANGED) or cleared
 
     @property
     def active(self) -> bool:
-        return self.edge is not Edge.RESOLVED
+        return self.edge is not LevelEdge.RESOLVED
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ class EdgeTracker:
     def active(self) -> bool:
         return self.level is not None
 
-    def update(self, level: Severity | None, now: float, *, known: bool = True) -> Transition | None:
+    def update(self, level: Severity | None, now: float, *, known: bool = True) -> LevelChange | None:
         if not known:
             return None
         if self.level is None:
@@ -117,7 +117,7 @@ class EdgeTracker:
                 self.opened_at = self._pending_since
                 self._pending_since = None
                 self._clear_since = None
-                return Transition(Edge.OPENED, level, None, self.opened_at)
+                return LevelChange(LevelEdge.OPENED, level, None, self.opened_at)
             return None
         if level is None:
             if self._clear_since is None:
@@ -128,13 +128,13 @@ class EdgeTracker:
                 self.level = None
                 self.opened_at = None
                 self._clear_since = None
-                return Transition(Edge.RESOLVED, None, prev, since)
+                return LevelChange(LevelEdge.RESOLVED, None, prev, since)
             return None
         self._clear_since = None
         if level != self.level:
             prev = self.level
             self.level = level
-            return Transition(Edge.CHANGED, level, prev, now)
+            return LevelChange(LevelEdge.CHANGED, level, prev, now)
         return None
 
     def reset(self) -> None:
@@ -186,7 +186,7 @@ class ThresholdTracker:
             hysteresis=self.hysteresis,
         )
 
-    def update(self, value: float | None, now: float) -> Transition | None:
+    def update(self, value: float | None, now: float) -> LevelChange | None:
         """Feed one value. None or NaN means "unknown this time": no edge, timers untouched."""
         if value is None or math.isnan(value):
             return None
@@ -194,4 +194,4 @@ class ThresholdTracker:
         return self.edges.update(self.judge(value), now)
 
 
-__all__ = ["Edge", "EdgeTracker", "Level", "ThresholdTracker", "Transition", "classify"]
+__all__ = ["EdgeTracker", "Level", "LevelChange", "LevelEdge", "ThresholdTracker", "classify"]

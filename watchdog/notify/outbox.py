@@ -20,9 +20,8 @@ from typing import Any
 import structlog
 
 from watchdog.clock import Clock
-from watchdog.incidents import Edge
 from watchdog.metrics import WatchdogMetrics
-from watchdog.model import Delivery, DeliveryOutcome, EventKind, Incident, Notification
+from watchdog.model import Delivery, DeliveryOutcome, EventKind, Incident, IncidentEdge, Notification
 from watchdog.protocols import Notifier
 from watchdog.store import OutboxRow, Store
 
@@ -50,7 +49,7 @@ RUNBOOK: dict[str, str] = {
 
 
 def notification_from_edge(
-    edge: Edge, *, now: float, status_url: str = "", grouped: tuple[Incident, ...] = ()
+    edge: IncidentEdge, *, now: float, status_url: str = "", grouped: tuple[Incident, ...] = ()
 ) -> Notification:
     inc = edge.incident
     d = dict(edge.detail)
@@ -103,7 +102,7 @@ def notification_from_edge(
 
 @dataclass
 class _Group:
-    edges: list[Edge] = field(default_factory=list)
+    edges: list[IncidentEdge] = field(default_factory=list)
     handle: asyncio.TimerHandle | None = None
 
 
@@ -133,9 +132,9 @@ class NotifyPipeline:
         self.on_enqueued = on_enqueued
         self.on_notification = on_notification
         self._groups: dict[tuple[str, str], _Group] = {}
-        self._held: dict[int, list[Edge]] = {}  # later edges of an incident whose opening is still grouping
+        self._held: dict[int, list[IncidentEdge]] = {}  # later edges of an incident whose opening is still grouping
 
-    def submit(self, edge: Edge) -> None:
+    def submit(self, edge: IncidentEdge) -> None:
         log.info(
             "incident " + edge.event.value,
             target=edge.incident.target,
@@ -197,11 +196,11 @@ class NotifyPipeline:
             for later in self._held.pop(e.incident.id, []):
                 self._emit(later, ())
 
-    def resend(self, edge: Edge, receivers: set[str]) -> None:
+    def resend(self, edge: IncidentEdge, receivers: set[str]) -> None:
         """Re-send an open incident to some receivers only (Alertmanager expects re-sends every 30 s–3 min)."""
         self._emit(edge, (), only=receivers)
 
-    def _emit(self, edge: Edge, grouped: tuple[Incident, ...], only: set[str] | None = None) -> None:
+    def _emit(self, edge: IncidentEdge, grouped: tuple[Incident, ...], only: set[str] | None = None) -> None:
         now = self.clock.time()
         n = notification_from_edge(edge, now=now, status_url=self.status_url, grouped=grouped)
         self.on_notification(n)

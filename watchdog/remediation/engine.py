@@ -16,9 +16,9 @@ from typing import Any
 import structlog
 
 from watchdog.clock import Clock
-from watchdog.incidents import Edge, IncidentManager
+from watchdog.incidents import IncidentManager
 from watchdog.metrics import WatchdogMetrics
-from watchdog.model import ActionOutcome, ActionResult, EventKind, Incident, Severity
+from watchdog.model import ActionOutcome, ActionResult, EventKind, Incident, IncidentEdge, Severity
 from watchdog.remediation import policy as P
 from watchdog.remediation.actions import ACTIONS, VERIFIED, ActionContext, TargetHandle
 from watchdog.remediation.guards import Reason, Verdict, check_rate, effective
@@ -38,7 +38,7 @@ class Remediator:
         policies: P.PolicySet,
         clock: Clock,
         state_dir: Path,
-        emit: Callable[[Edge], None],
+        emit: Callable[[IncidentEdge], None],
         metrics: WatchdogMetrics | None = None,
         dry_run: bool = False,
         resolve_secret: Callable[[str | None, Path | None, str], str | None] | None = None,
@@ -180,8 +180,8 @@ class Remediator:
         edge = self.incidents.escalate(inc, Severity.P0, f"{v.reason.value}: {v.detail}", now)
         if edge is None:
             fresh = self.store.incident(inc.id) or inc
-            edge = Edge(EventKind.ESCALATED, fresh, {"reason": f"{v.reason.value}: {v.detail}"})
-        self.emit(Edge(EventKind.ESCALATED, edge.incident,
+            edge = IncidentEdge(EventKind.ESCALATED, fresh, {"reason": f"{v.reason.value}: {v.detail}"})
+        self.emit(IncidentEdge(EventKind.ESCALATED, edge.incident,
                        {**dict(edge.detail), "reason": f"{v.reason.value}: {v.detail}",
                         "runbook": "the watchdog has stopped acting on this target: a human must look"}))
 
@@ -194,7 +194,7 @@ class Remediator:
         self.store.finish_attempt(aid, outcome="dry_run", reason="DRY_RUN: nothing was done", now=now)
         if self.metrics:
             self.metrics.remediations.labels(inc.target, step.action, "dry_run").inc()
-        self.emit(Edge(EventKind.REMEDIATION_STARTED, inc, {"action": step.action, "policy": policy.name,
+        self.emit(IncidentEdge(EventKind.REMEDIATION_STARTED, inc, {"action": step.action, "policy": policy.name,
                                                             "step": idx + 1, "dry_run": True,
                                                             "outcome": "would run (dry-run)"}))
 
@@ -214,8 +214,9 @@ class Remediator:
                                           now=started)
                 edge = self.incidents.escalate(inc, step.severity, step.message or "policy escalation", started)
                 fresh = edge.incident if edge else (self.store.incident(inc.id) or inc)
-                self.emit(Edge(EventKind.ESCALATED, fresh, {**base, "reason": step.message or "policy escalation",
-                                                            "runbook": "the watchdog has stopped acting: page"}))
+                self.emit(IncidentEdge(EventKind.ESCALATED, fresh,
+                                       {**base, "reason": step.message or "policy escalation",
+                                        "runbook": "the watchdog has stopped acting: page"}))
                 if self.metrics:
                     self.metrics.remediations.labels(inc.target, "escalate", "escalated").inc()
                 return
@@ -224,7 +225,7 @@ class Remediator:
                                           now=started)
                 return
             if phase == "started":
-                self.emit(Edge(EventKind.REMEDIATION_STARTED, inc, base))
+                self.emit(IncidentEdge(EventKind.REMEDIATION_STARTED, inc, base))
             ctx = ActionContext(
                 target=handle, incident=inc, step=step, clock=self.clock, state_dir=self.state_dir, phase=phase,
                 details=dict(details),
@@ -282,7 +283,7 @@ class Remediator:
             self.metrics.remediations.labels(inc.target, str(base["action"]), outcome).inc()
         fresh = self.store.incident(inc.id) or inc
         event = EventKind.REMEDIATION_SUCCEEDED if outcome == "succeeded" else EventKind.REMEDIATION_FAILED
-        self.emit(Edge(event, fresh, {**base, "outcome": outcome, "reason": reason,
+        self.emit(IncidentEdge(event, fresh, {**base, "outcome": outcome, "reason": reason,
                                       **{k: v for k, v in details.items() if k in ("changes", "file", "snapshot")}}))
 
     async def _verify(self, handle: TargetHandle, v: P.Verify) -> tuple[bool, str]:
