@@ -42,3 +42,7 @@ class ActionError(WatchdogError):
 
 class RuntimeUnavailable(WatchdogError):
     """The runtime (docker daemon, systemd) cannot be reached right now."""
+
+
+class CoordinatorUnavailable(WatchdogError):
+    """The fleet coordinator (etcd) cannot answer a linearizable request right now (no quorum, timeout)."""
