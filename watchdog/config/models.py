@@ -182,11 +182,46 @@ class NotifyConfig(Strict):
     backoff_max_s: float = Field(300.0, gt=0)
 
 
+class TlsServer(Strict):
+    """The watchdog's own endpoint over TLS (required to listen beyond loopback)."""
+
+    cert_file: Path | None = Field(None, description="PEM certificate (chain) served by the endpoint")
+    key_file: Path | None = Field(None, description="PEM private key of that certificate")
+
+
+SeverityName = Literal["P0", "P1", "P2", "P3"]
+_AM_SEVERITIES: dict[str, SeverityName] = {"critical": "P0", "error": "P1", "high": "P1", "warning": "P2",
+                                           "info": "P3"}
+
+
+class AlertmanagerIngress(Strict):
+    """How an Alertmanager webhook alert becomes a Finding (POST /api/v1/alerts/alertmanager)."""
+
+    kinds: dict[str, str] = Field(default_factory=dict, description="alertname → incident kind (default: the "
+                                  "alertname in snake_case)")
+    target_labels: list[str] = Field(default_factory=lambda: ["target", "instance"],
+                                     description="Labels naming the target, first present wins")
+    severities: dict[str, SeverityName] = Field(default_factory=lambda: dict(_AM_SEVERITIES),
+                                                description="severity label → P0..P3")
+    default_severity: SeverityName = "P2"
+
+
 class HttpConfig(Strict):
     listen: str = "127.0.0.1"
     port: int = Field(9321, ge=0, le=65535)
     enabled: bool = True
     status_url: str | None = Field(None, description="Public link to this watchdog, used in notifications")
+    tls: TlsServer = TlsServer()
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused (413)")
+    alertmanager: AlertmanagerIngress = AlertmanagerIngress()
+
+
+class AuthConfig(Strict):
+    """Bearer token for the write endpoints; without one they do not exist."""
+
+    token_file: Path | None = Field(None, description="File holding the bearer token")
+    token_env: str | None = Field(None, description="Environment variable holding the bearer token")
+    token_name: str = Field("operator", description="Who holds the token, as written in incident history")
 
 
 class LoggingConfig(Strict):
@@ -205,6 +240,7 @@ class WatchdogConfig(Strict):
     )
     state_dir: Path = Path("/var/lib/vllm-watchdog")
     http: HttpConfig = HttpConfig()
+    auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
     targets: list[TargetConfig] = Field(min_length=1)
     notify: NotifyConfig = NotifyConfig()
