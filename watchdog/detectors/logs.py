@@ -19,13 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from watchdog.detectors.logshape import anchor_points, is_echo
 from watchdog.errors import ConfigError, Problem
-from watchdog.model import Finding, IncidentKind, LogLine, ProbeResult, Severity
+from watchdog.model import Finding, IncidentKind, JSONValue, LogLine, ProbeResult, Severity
 
 MAX_CLASSIFY_CHARS = 4096
 MAX_EVIDENCE_CHARS = 500
@@ -49,6 +50,12 @@ class PatternSpec(BaseModel):
     remedy: str = Field("", description="Recommended remedy (reference/vllm.md §3.8).")
     examples: list[str] = Field(default_factory=list, description="Lines that must match this entry.")
     enabled: bool = Field(True, description="false removes a shipped entry (in an override file).")
+    anchor: Literal["any", "start"] = Field("any", description="start: the regex must match where the "
+                                            "emitting component's message (or an exception line) starts; "
+                                            "any: anywhere in the line.")
+    precedence: int | None = Field(None, ge=0, description="Root-cause rank inside one crash/start-up "
+                                   "window (lower wins; the others become its evidence). None: a "
+                                   "standalone finding, never grouped.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,8 @@ class LogPattern:
     keywords: tuple[str, ...]
     remedy: str
     examples: tuple[str, ...] = ()
+    anchor: str = "any"
+    precedence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +185,8 @@ class LogCatalog:
                                         "literal substrings that every matching line contains"))
                 continue
             compiled.append(LogPattern(spec.id, spec.cls, spec.kind, spec.severity, spec.restart_helps, rx,
-                                       tuple(spec.keywords), spec.remedy.strip(), tuple(spec.examples)))
+                                       tuple(spec.keywords), spec.remedy.strip(), tuple(spec.examples),
+                                       spec.anchor, spec.precedence))
         catalog = cls(compiled)
         for p in catalog.patterns:  # every example must classify to its own entry (keywords included)
             file, lines = origin.get(p.id, ("<catalog>", {}))
@@ -193,15 +203,24 @@ class LogCatalog:
         return catalog
 
     def classify(self, line: str) -> LogMatch | None:
-        """The first entry matching `line`, or None. Never raises."""
+        """The first entry matching `line`, or None; vLLM's request/response echoes match nothing.
+        Never raises."""
         text = line if len(line) <= MAX_CLASSIFY_CHARS else line[:MAX_CLASSIFY_CHARS]
         low = text.lower()
         if not self._always and (self._prefilter is None or self._prefilter.search(low) is None):
             return None
+        if is_echo(text):
+            return None
+        points: tuple[int, ...] | None = None
         for p, kws in zip(self.patterns, self._lower_kws, strict=True):
             if kws and not any(k in low for k in kws):
                 continue
-            m = p.regex.search(text)
+            if p.anchor == "start":
+                if points is None:
+                    points = anchor_points(text)
+                m = next((x for x in (p.regex.match(text, pos) for pos in points) if x is not None), None)
+            else:
+                m = p.regex.search(text)
             if m is not None:
                 groups = {k: v for k, v in m.groupdict().items() if v is not None}
                 return LogMatch(p, _cap(line), groups)
@@ -262,21 +281,45 @@ def _read_specs(text: str, file: str) -> tuple[list[dict[str, Any]], list[dict[s
     return specs, line_maps
 
 
+@dataclass(slots=True)
+class _Window:
+    """One start-up or crash window: every grouped match within `window_s` of the first one."""
+
+    wall: float | None
+    mono: float
+    root: LogMatch | None = None  # the root cause reported so far (None: nothing reported yet)
+    matches: list[tuple[LogMatch, int, float | None]] = field(default_factory=list)  # (match, index, at)
+
+    def holds(self, at: float | None, now: float, window_s: float) -> bool:
+        if at is not None and self.wall is not None:
+            return at - self.wall <= window_s
+        return now - self.mono <= window_s
+
+
 class LogDetector:
-    """Turns classified log lines of one target into Findings: the FIRST line of each failure class
-    opens one finding; later lines of that class are ignored until `reset()` (the daemon calls it after
-    a successful restart). Also a `Detector`: `observe(result)` reads `result.values["lines"]`."""
+    """Turns classified log lines of one target into Findings. Standalone entries (no `precedence`): the
+    FIRST line of each class opens one finding. Grouped entries: all matches within `window_s` of a
+    window's first match form one start-up/crash window, and ONE finding names its root cause (lowest
+    precedence); the other lines (e.g. the generic "startup failed" wrapper, the EngineDeadError that
+    follows a CUDA OOM) ride along as `evidence["evidence_lines"]`, ordered by precedence. A better root
+    arriving in a later read of the same window opens its finding then (the earlier one is not
+    withdrawn). A class already reported is not reported again until `reset()` (the daemon calls it
+    after a successful restart). Also a `Detector`: `observe(result)` reads `result.values["lines"]`."""
 
     name = "logs"
+    MAX_EVIDENCE_LINES = 12
 
-    def __init__(self, catalog: LogCatalog, target: str) -> None:
+    def __init__(self, catalog: LogCatalog, target: str, window_s: float = 120.0) -> None:
         self.catalog = catalog
         self.target = target
+        self.window_s = window_s
         self._seen: dict[str, LogMatch] = {}
+        self._window: _Window | None = None
 
     def reset(self) -> None:
         """Forget which classes were reported (after a restart the same failure must be seen again)."""
         self._seen.clear()
+        self._window = None
 
     @property
     def seen(self) -> Mapping[str, LogMatch]:
@@ -293,31 +336,69 @@ class LogDetector:
 
     def observe_lines(self, lines: Sequence[LogLine], now: float) -> list[Finding]:
         out: list[Finding] = []
-        for ln in lines:
+        touched: list[_Window] = []
+        for idx, ln in enumerate(lines):
             m = self.catalog.classify(ln.text)
-            if m is None or m.cls in self._seen:
+            if m is None:
                 continue
-            self._seen[m.cls] = m
-            p = m.pattern
-            out.append(Finding(
-                target=self.target,
-                kind=p.kind.value,
-                severity=p.severity,
-                summary=f"log: {p.cls} ({p.id}): {_cap(ln.text.strip(), 160)}",
-                active=True,
-                evidence={
-                    "log_line": m.line,
-                    "pattern": p.id,
-                    "class": p.cls,
-                    "restart_helps": p.restart_helps,
-                    "groups": dict(m.groups),
-                    "line_at": ln.at,
-                    "seen_at": now,
-                },
-                source=self.name,
-                remedy=p.remedy,
-            ))
+            if m.pattern.precedence is None:
+                if m.cls not in self._seen:
+                    self._seen[m.cls] = m
+                    out.append(self._finding(m, idx, ln.at, now, []))
+                continue
+            w = self._window
+            if w is None or not w.holds(ln.at, now, self.window_s):
+                w = self._window = _Window(ln.at, now)  # an older window was settled with its batch
+            w.matches.append((m, idx, ln.at))
+            if w not in touched:
+                touched.append(w)
+        for w in touched:
+            out.extend(self._settle(w, now))
         return out
+
+    def _settle(self, w: _Window, now: float) -> list[Finding]:
+        """The window's finding, if its best match is a better root than what was reported for it."""
+        if not w.matches:
+            return []
+        order = sorted(w.matches, key=lambda x: x[0].pattern.precedence or 0)  # stable: log order in a rank
+        best, idx, at = order[0]
+        if w.root is not None and (best.pattern.precedence or 0) >= (w.root.pattern.precedence or 0):
+            return []
+        if best.cls in self._seen:
+            return []
+        w.root = best
+        self._seen[best.cls] = best
+        riders = [x for x in order if x[0] is not best]
+        return [self._finding(best, idx, at, now, riders)]
+
+    def _finding(self, m: LogMatch, idx: int, at: float | None, now: float,
+                 riders: Sequence[tuple[LogMatch, int, float | None]]) -> Finding:
+        p = m.pattern
+        evidence_lines: list[JSONValue] = [
+            {"class": r.cls, "pattern": r.pattern.id, "line": r.line, "line_index": i}
+            for r, i, _at in riders[: self.MAX_EVIDENCE_LINES]
+        ]
+        return Finding(
+            target=self.target,
+            kind=p.kind.value,
+            severity=p.severity,
+            summary=f"log: {p.cls} ({p.id}): {_cap(m.line.strip(), 160)}",
+            active=True,
+            evidence={
+                "log_line": m.line,
+                "pattern": p.id,
+                "class": p.cls,
+                "restart_helps": p.restart_helps,
+                "groups": dict(m.groups),
+                "line_at": at,
+                "line_index": idx,
+                "seen_at": now,
+                "evidence_lines": evidence_lines,
+                "evidence_lines_dropped": max(0, len(riders) - self.MAX_EVIDENCE_LINES),
+            },
+            source=self.name,
+            remedy=p.remedy,
+        )
 
 
 __all__ = ["MAX_CLASSIFY_CHARS", "LogCatalog", "LogDetector", "LogMatch", "LogPattern", "PatternSpec"]
