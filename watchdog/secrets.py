@@ -4,8 +4,10 @@ Secrets (webhook URLs, routing keys, SMTP passwords, signing keys) are named in 
 (an environment variable) or `<name>_file` (a path), never inline. `resolve_secret` reads one, wraps it
 in `Secret` (whose repr/str/format is `***`) and registers the value with the process-wide
 `SecretRegistry`, so that `redact()` and the structlog processor `redact_processor` can scrub it from
-any text that reaches a log, an error or a stored row. This module must never log, print or put a
-secret value (or any part of it) into an exception message.
+any text that reaches a log, an error or a stored row; `redact_data` does the same for structured
+values (action output, details) before they are stored. `child_env` builds the minimal environment of
+a child process, so the daemon's secrets reach a child only when a config names them. This module must
+never log, print or put a secret value (or any part of it) into an exception message.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, urlsplit
@@ -217,6 +219,48 @@ class RedactFilter(logging.Filter):
         return True
 
 
+def redact_data(value: Any) -> Any:
+    """`value` (str, mapping, list, exception, ...) with every known secret value replaced by `***` and
+    every value under a sensitive key (`password`, `token`, ...) blanked. Use before storing anything
+    a child process, a remote server or an exception produced."""
+    return _redact_value(value)
+
+
+def is_secret_value(value: str) -> bool:
+    """True when `value` contains a registered secret value (or one of its quoted/URL forms)."""
+    return bool(value) and REGISTRY.redact(value) != value
+
+
+# What a child process (the spawned server, an `exec` step) gets from the daemon's environment
+# without asking: enough to find programs and speak the locale. Everything else must be named.
+BASE_ENV_NAMES = ("PATH", "LANG", "LANGUAGE", "HOME", "TZ")
+
+
+def child_env(
+    *,
+    pass_env: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The minimal environment of a child process: PATH, LANG/LANGUAGE/LC_*, HOME, TZ from the daemon's
+    environment, the variables named in `pass_env` (copied when set), then `env` (declared values).
+
+    The daemon's own secrets never reach a child unless named: a base or `LC_*` variable whose value
+    holds a registered secret is dropped; a name listed in `pass_env` or `env` is passed as declared.
+    """
+    src = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for k, v in src.items():
+        if (k in BASE_ENV_NAMES or k.startswith("LC_")) and not is_secret_value(v):
+            out[k] = v
+    out.setdefault("PATH", os.defpath)
+    for name in pass_env:
+        if name in src:
+            out[name] = src[name]
+    out.update(env or {})
+    return out
+
+
 def _problem(source: str, field: str, message: str, fix: str) -> ConfigError:
     return ConfigError([Problem(file=source, line=None, field=field, message=message, fix=fix)])
 
@@ -321,8 +365,11 @@ __all__ = [
     "RedactFilter",
     "Secret",
     "SecretRegistry",
+    "child_env",
     "decode_whsec",
+    "is_secret_value",
     "redact",
+    "redact_data",
     "redact_processor",
     "register_secret",
     "resolve_secret",

@@ -3,12 +3,13 @@ and a canary completion (`max_tokens` 1). Stage: probe (observe only).
 
 A down server is a FAIL *result* with a machine-readable `values["error"]` (connection_refused, timeout,
 http_status…), never an exception. Every run has a hard deadline (`asyncio.timeout`), because httpx's
-read timeout is per read, not total. These probes must never log or return the API key.
+read timeout is per read, not total (so a trickling body ends at the deadline). The body is streamed
+and never read past `max_bytes` (1 MB unless configured): an over-cap body is a FAIL with
+`values["error"] = "body_too_large"`. These probes must never log or return the API key.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -16,9 +17,9 @@ from typing import Any
 
 import httpx
 
+from watchdog.adapters.http import PROBE_BODY_CAP, classify_http_error, request_capped
 from watchdog.clock import Clock
 from watchdog.model import ProbeResult, Status
-from watchdog.probes.metrics import classify_http_error
 
 
 class HttpProbe:
@@ -36,6 +37,7 @@ class HttpProbe:
         timeout_s: float,
         path: str,
         api_key: str | None = None,
+        max_bytes: int = PROBE_BODY_CAP,
     ) -> None:
         self.target = target
         self.base_url = base_url.rstrip("/")
@@ -44,6 +46,7 @@ class HttpProbe:
         self.timeout_s = timeout_s
         self.path = path
         self._api_key = api_key
+        self.max_bytes = max_bytes
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -55,25 +58,26 @@ class HttpProbe:
             monotonic=self.clock.monotonic(),
         )
 
-    async def _request(self, method: str, body: Any | None = None) -> httpx.Response:
-        url = self.base_url + self.path
-        async with asyncio.timeout(self.timeout_s):
-            if body is None:
-                return await self.client.request(method, url, headers=self._headers(), timeout=self.timeout_s)
-            return await self.client.request(
-                method, url, headers=self._headers(), json=body, timeout=self.timeout_s
-            )
+    async def _request(self, method: str, body: Any | None = None) -> tuple[httpx.Response, bool]:
+        """One request under the deadline; the body is read up to `max_bytes`: (response, truncated)."""
+        return await request_capped(self.client, method, self.base_url + self.path, cap=self.max_bytes,
+                                    deadline_s=self.timeout_s, headers=self._headers(), json=body)
 
     async def check(self) -> ProbeResult:
         t0 = time.perf_counter()
         try:
-            resp = await self._run()
+            resp, truncated = await self._run()
         except (TimeoutError, httpx.HTTPError, OSError) as e:
             err = classify_http_error(e)
             return self._result(Status.FAIL, f"{self.path}: {err}", {"error": err}, t0)
+        if truncated:
+            return self._result(
+                Status.FAIL, f"{self.path}: body larger than {self.max_bytes} bytes (not read further)",
+                {"http_status": resp.status_code, "error": "body_too_large", "max_bytes": self.max_bytes}, t0,
+            )
         return self._judge(resp, t0)
 
-    async def _run(self) -> httpx.Response:
+    async def _run(self) -> tuple[httpx.Response, bool]:
         return await self._request("GET")
 
     def _judge(self, resp: httpx.Response, t0: float) -> ProbeResult:
@@ -142,7 +146,7 @@ class CanaryProbe(HttpProbe):
         self.prompt = prompt
         self.max_tokens = max_tokens
 
-    async def _run(self) -> httpx.Response:
+    async def _run(self) -> tuple[httpx.Response, bool]:
         body = {"model": self.model, "prompt": self.prompt, "max_tokens": self.max_tokens, "temperature": 0}
         return await self._request("POST", body)
 

@@ -10,8 +10,10 @@ once after it comes back. Actions must never decide whether to run (guards do) a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from watchdog.adapters.http import HTTP_CALL_BODY_CAP, classify_http_error, request_capped
 from watchdog.clock import Clock
 from watchdog.config.models import ConfigFileRef
 from watchdog.errors import RuntimeUnavailable
@@ -27,6 +30,7 @@ from watchdog.protocols import Runtime
 from watchdog.remediation import config_edit as CE
 from watchdog.remediation import policy as P
 from watchdog.remediation import snapshots as SN
+from watchdog.secrets import child_env, redact, redact_data, register_secret
 
 
 @dataclass
@@ -293,21 +297,29 @@ async def do_http_call(ctx: ActionContext) -> ActionResult:
     headers = dict(step.headers)
     token = ctx.resolve_secret(step.token_env, step.token_file, "token")
     if token:
+        register_secret(token)
         headers["Authorization"] = f"Bearer {token}"
     client = ctx.target.http or httpx.AsyncClient(trust_env=False)
-    try:
-        async with asyncio.timeout(step.timeout_s):
-            resp = await client.request(step.method, step.url, headers=headers,
-                                        json=step.body if step.body is not None else None, timeout=step.timeout_s)
-    except (TimeoutError, httpx.HTTPError) as e:
-        return _fail("http_call", f"{step.method} {_safe_url(step.url)}: {e.__class__.__name__}")
+    where = f"{step.method} {_safe_url(step.url)}"
+    try:  # the answer is read up to HTTP_CALL_BODY_CAP, never whole; a trickle ends at the deadline
+        resp, truncated = await request_capped(client, step.method, step.url, cap=HTTP_CALL_BODY_CAP,
+                                               deadline_s=step.timeout_s, headers=headers, json=step.body)
+    except (TimeoutError, httpx.HTTPError, OSError) as e:
+        return _fail("http_call", f"{where}: {classify_http_error(e)}")
     finally:
         if ctx.target.http is None:
             await client.aclose()
+    details: dict[str, Any] = {"status": resp.status_code, "body": _tail(resp.content, 500)}
+    if truncated:
+        details["body_truncated_at"] = HTTP_CALL_BODY_CAP
     if resp.status_code in step.expect_status:
-        return _ok("http_call", f"{step.method} {_safe_url(step.url)} → {resp.status_code}")
-    return _fail("http_call", f"{step.method} {_safe_url(step.url)} → {resp.status_code} "
-                 f"(expected {step.expect_status})")
+        return _ok("http_call", f"{where} → {resp.status_code}", **details)
+    return _fail("http_call", f"{where} → {resp.status_code} (expected {step.expect_status})", **details)
+
+
+def _tail(raw: bytes | bytearray, limit: int) -> str:
+    """The last `limit` characters of `raw` as text (what a person needs to see of an answer)."""
+    return raw[-4 * limit:].decode("utf-8", errors="replace")[-limit:]
 
 
 def _safe_url(url: str) -> str:
@@ -316,26 +328,38 @@ def _safe_url(url: str) -> str:
     return f"{parsed.scheme}://{parsed.host}{':' + str(parsed.port) if parsed.port else ''}{parsed.path}"
 
 
+EXEC_KEEP_BYTES = 64 * 1024  # of an exec step's output, only the last 64 KB is ever held in memory
+
+
 async def do_exec(ctx: ActionContext) -> ActionResult:
     step: P.ExecStep = ctx.step
     inc = ctx.incident
-    env = {**os.environ, "WATCHDOG_TARGET": inc.target, "WATCHDOG_INCIDENT_ID": str(inc.id),
-           "WATCHDOG_INCIDENT_KIND": inc.kind, "WATCHDOG_SEVERITY": inc.severity.value,
-           "WATCHDOG_FINGERPRINT": inc.fingerprint, "WATCHDOG_SUMMARY": inc.summary[:500]}
+    incident_env = {"WATCHDOG_TARGET": inc.target, "WATCHDOG_INCIDENT_ID": str(inc.id),
+                    "WATCHDOG_INCIDENT_KIND": inc.kind, "WATCHDOG_SEVERITY": inc.severity.value,
+                    "WATCHDOG_FINGERPRINT": inc.fingerprint, "WATCHDOG_SUMMARY": inc.summary[:500]}
+    # minimal: PATH/LANG/HOME, the incident, and exactly what the step declares (never the daemon's secrets)
+    env = child_env(pass_env=step.pass_env, env={**incident_env, **step.env})
     try:
         proc = await asyncio.create_subprocess_exec(
-            *step.argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *step.argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
     except OSError as e:
         return _fail("exec", f"cannot run {step.argv[0]}: {e.strerror or e.__class__.__name__}")
+    kept = bytearray()
     try:
         async with asyncio.timeout(step.timeout_s):
-            out, _ = await proc.communicate()
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(EXEC_KEEP_BYTES):
+                kept += chunk
+                del kept[:-EXEC_KEEP_BYTES]
+            await proc.wait()
     except TimeoutError:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the step's whole process group: no orphan outlives it
         await proc.wait()
-        return _fail("exec", f"{step.argv[0]} timed out after {step.timeout_s:g} s (killed)")
-    tail = out.decode(errors="replace")[-500:]
+        return _fail("exec", f"{step.argv[0]} timed out after {step.timeout_s:g} s (killed)", output=_tail(kept, 500))
+    tail = _tail(kept, 500)
     if proc.returncode == 0:
         return _ok("exec", f"{step.argv[0]} exited 0", output=tail)
     return _fail("exec", f"{step.argv[0]} exited {proc.returncode}", output=tail)
@@ -349,18 +373,36 @@ async def do_escalate(ctx: ActionContext) -> ActionResult:
     return _ok("escalate", ctx.step.message or f"escalated to {ctx.step.severity.value}")
 
 
-ACTIONS: dict[str, Callable[[ActionContext], Awaitable[ActionResult]]] = {
-    "restart": do_restart,
-    "start": do_start,
-    "stop": do_stop,
-    "recreate": do_recreate,
-    "set_config": do_set_config,
-    "rollback_config": do_rollback,
-    "prune": do_prune,
-    "http_call": do_http_call,
-    "exec": do_exec,
-    "notify": do_notify,
-    "escalate": do_escalate,
+ActionFn = Callable[[ActionContext], Awaitable[ActionResult]]
+
+
+def _redacted(fn: ActionFn) -> ActionFn:
+    """Every known secret value is scrubbed from an action's reason and details before anyone stores them
+    (an `exec` that echoes an API key, an error that quotes a URL with a token)."""
+
+    async def run(ctx: ActionContext) -> ActionResult:
+        res = await fn(ctx)
+        return ActionResult(res.action, res.outcome, redact(res.reason), redact_data(dict(res.details)))
+
+    run.__name__ = run.__qualname__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
+
+
+ACTIONS: dict[str, ActionFn] = {
+    name: _redacted(fn) for name, fn in {
+        "restart": do_restart,
+        "start": do_start,
+        "stop": do_stop,
+        "recreate": do_recreate,
+        "set_config": do_set_config,
+        "rollback_config": do_rollback,
+        "prune": do_prune,
+        "http_call": do_http_call,
+        "exec": do_exec,
+        "notify": do_notify,
+        "escalate": do_escalate,
+    }.items()
 }
 
 # actions whose success is proven by readiness passing again (verification)

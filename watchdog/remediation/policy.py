@@ -138,6 +138,9 @@ class ExecStep(_Step):
     action: Literal["exec"]
     argv: list[str] = Field(min_length=1, description="Run as an argv list, never through a shell")
     timeout_s: float = Field(60.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment of the command")
+    pass_env: list[str] = Field(default_factory=list, description="Daemon variables passed through by name "
+                                "(the command gets only PATH, LANG/LC_*, HOME, TZ and the incident otherwise)")
     verify: bool = False
 
 

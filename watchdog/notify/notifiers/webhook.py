@@ -13,7 +13,6 @@ a header value or the signing key into a reason or log line.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import email.utils
 import hashlib
@@ -23,16 +22,17 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from watchdog.adapters.http import RECEIVER_REPLY_CAP, request_capped
 from watchdog.clock import Clock, SystemClock
+from watchdog.config.receivers import SecretRef, WebhookReceiverConfig
 from watchdog.errors import ConfigError, Problem
 from watchdog.model import Delivery, DeliveryOutcome, Notification
-from watchdog.notify.render import Message, ReceiverBase, build_message, cap_bytes, fmt_value
+from watchdog.notify.render import Message, ReceiverBase, build_message, cap_bytes, compile_template, fmt_value
 from watchdog.secrets import Secret, SecretRegistry, decode_whsec, redact, resolve_secret
 
 SCHEMA_VERSION = "1.0"
@@ -174,16 +174,15 @@ async def post_bytes(
     timeout_s: float,
 ) -> httpx.Response | BaseException:
     """POST with a hard deadline (httpx's read timeout is per read, not total). Never raises
-    for network trouble: returns the exception instead."""
+    for network trouble: returns the exception instead. At most `RECEIVER_REPLY_CAP` (64 KB) of the
+    reply is read; the rest is never downloaded (a receiver's 50 MB reply costs 64 KB)."""
     try:
-        async with asyncio.timeout(timeout_s + 1.0):
-            return await client.post(
-                url,
-                content=body,
-                headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
-                timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-                follow_redirects=False,
-            )
+        resp, _ = await request_capped(
+            client, "POST", url, cap=RECEIVER_REPLY_CAP, deadline_s=timeout_s + 1.0, content=body,
+            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
+            http_timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+        )
+        return resp
     except (httpx.HTTPError, TimeoutError, OSError) as exc:
         return exc
 
@@ -230,7 +229,7 @@ class HttpNotifierBase:
         self._own_client = client is None
         self._client = client if client is not None else own_client(timeout_s)
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._template = cfg.compiled_template()
+        self._template = compile_template(cfg)
         self._max_bytes = cfg.max_bytes
         self._scrub = Scrubber()
 
@@ -260,55 +259,6 @@ def optional_secret(
 
 
 # ----------------------------------------------------------------------------------------- webhook
-
-_RESERVED_HEADERS = frozenset(
-    {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp", "webhook-signature"}
-)
-
-
-class SecretRef(BaseModel):
-    """A secret named by an environment variable or a file."""
-
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    env: str | None = Field(None, description="Environment variable holding the value")
-    file: Path | None = Field(None, description="File holding the value")
-
-    @model_validator(mode="after")
-    def _one(self) -> SecretRef:
-        if bool(self.env) == bool(self.file):
-            raise ValueError("set exactly one of 'env' or 'file'")
-        return self
-
-
-class WebhookReceiverConfig(ReceiverBase):
-    """Generic JSON webhook (schema: docs/webhook-schema.md), optionally Standard-Webhooks signed."""
-
-    type: Literal["webhook"] = "webhook"
-    url: str | None = Field(None, description="Endpoint URL when it holds no credential (else url_env/url_file)")
-    url_env: str | None = Field(None, description="Environment variable holding the endpoint URL")
-    url_file: Path | None = Field(None, description="File holding the endpoint URL")
-    secret_env: str | None = Field(None, description="Environment variable holding the whsec_… signing secret")
-    secret_file: Path | None = Field(None, description="File holding the whsec_… signing secret")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers (non-secret values)")
-    secret_headers: dict[str, SecretRef] = Field(
-        default_factory=dict, description="Extra headers whose values are secrets, e.g. Authorization"
-    )
-    timeout_s: float = Field(15.0, gt=0, le=120, description="Deadline of one delivery")
-    max_bytes: int = Field(256_000, ge=1024, description="Cap of the JSON body; `text` is cut to fit")
-
-    @model_validator(mode="after")
-    def _check(self) -> WebhookReceiverConfig:
-        if sum(bool(x) for x in (self.url, self.url_env, self.url_file)) != 1:
-            raise ValueError("set exactly one of url, url_env, url_file")
-        if self.url is not None and not re.match(r"https?://", self.url):
-            raise ValueError("url must start with http:// or https://")
-        for h in (*self.headers, *self.secret_headers):
-            if h.lower() in _RESERVED_HEADERS:
-                raise ValueError(f"header {h!r} is set by the notifier and cannot be overridden")
-            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", h):
-                raise ValueError(f"header name {h!r} is not a valid HTTP token")
-        return self
-
 
 def webhook_document(
     n: Notification, *, receiver: str, text: str, title: str, truncated: bool = False
