@@ -130,7 +130,7 @@ class FleetCoordinator:
         if self.lost_reason is not None:
             self.lost_reason = None
             self.on_finding(self._coordination_finding(active=False, why="", mode=None))
-        tripped = view.breaker_tripped(self.settings.breaker_percent)
+        tripped = view.breaker_tripped(self.settings.breaker_percent, self.settings.breaker_min_targets)
         if tripped:
             if view.breaker is None and self._lease:
                 rec = BreakerRecord(self.host, view.unhealthy, view.size, self.clock.time())

@@ -62,6 +62,7 @@ class FleetSettings(BaseModel):
     host: str | None = None  # this watchdog's name in the group; default: the machine's hostname
     max_disrupted: int | str = 1
     breaker_percent: Annotated[float, Field(gt=0, le=100)] = 50.0
+    breaker_min_targets: Annotated[int, Field(ge=1)] = 2  # a smaller group is never judged by the breaker
     lease_ttl_s: Annotated[int, Field(ge=2, le=300)] = 10
     mode: FailureMode | None = None  # None: fail_closed unless the group was last seen with 1 target
     retry_s: Annotated[float, Field(gt=0, le=60)] = 1.0  # how often a waiting disruptive step asks again

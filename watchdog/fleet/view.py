@@ -142,9 +142,10 @@ class GroupView:
     def unhealthy(self) -> int:
         return sum(1 for t in self.targets if not t.healthy)
 
-    def breaker_tripped(self, breaker_percent: float) -> bool:
-        """More than `breaker_percent` of the group's targets are unhealthy (100 never trips)."""
-        return self.size > 0 and self.unhealthy * 100 > breaker_percent * self.size
+    def breaker_tripped(self, breaker_percent: float, min_targets: int = 1) -> bool:
+        """More than `breaker_percent` of the group's targets are unhealthy (100 never trips), in a group
+        of at least `min_targets` registered targets."""
+        return self.size >= max(1, min_targets) and self.unhealthy * 100 > breaker_percent * self.size
 
     def hosts(self) -> dict[str, list[TargetHealth]]:
         out: dict[str, list[TargetHealth]] = {}
