@@ -18,6 +18,11 @@ from watchdog.adapters.etcd import EtcdKV
 from watchdog.fleet import EtcdSettings, FleetCoordinator, FleetSettings, SlotGrant
 
 
+def _append(path: str, row: str) -> None:
+    with open(path, "a") as f:  # one short line per write: appends from several processes do not interleave
+        f.write(row)
+
+
 async def main(argv: list[str]) -> int:
     endpoints, group, host, ttl, hold_s, out = argv[:6]
     forever = len(argv) > 6 and argv[6] == "forever"
@@ -38,8 +43,8 @@ async def main(argv: list[str]) -> int:
         await asyncio.sleep(float(hold_s))  # the fake "restart + verify"
         t1 = time.time()
         await g.release()
-        with open(out, "a") as f:
-            f.write(json.dumps({"host": host, "granted": t0, "released": t1}) + "\n")
+        row = json.dumps({"host": host, "granted": t0, "released": t1}) + "\n"
+        await asyncio.to_thread(_append, out, row)
         return 0
     finally:
         await kv.close()

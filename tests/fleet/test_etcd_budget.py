@@ -14,15 +14,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-
 from polling import until
+
 from watchdog.adapters.etcd import EtcdKV
 from watchdog.fleet import (
     BREAKER_KIND,
     COORDINATION_KIND,
     Denied,
     DenyReason,
-    EtcdSettings,
     FleetCoordinator,
     FleetSettings,
     SlotGrant,
@@ -31,6 +30,7 @@ from watchdog.fleet.localcluster import LocalEtcdCluster
 from watchdog.model import Finding, Severity
 
 WORKER = Path(__file__).with_name("fleet_worker.py")
+Make = Callable[..., FleetCoordinator]
 _groups = itertools.count()
 
 
@@ -39,7 +39,7 @@ def group() -> str:
 
 
 @pytest.fixture
-async def make() -> AsyncIterator[Callable[..., FleetCoordinator]]:
+async def make() -> AsyncIterator[Make]:
     """Builds coordinators (each with its own EtcdKV, like separate watchdogs) and closes them after."""
     made: list[FleetCoordinator] = []
 
@@ -64,7 +64,7 @@ def assert_disjoint(intervals: list[tuple[float, float]]) -> None:
         assert start >= end, f"two slots held at once: {ordered}"
 
 
-async def test_concurrent_tasks_never_hold_two_slots(etcd_cluster: LocalEtcdCluster, make) -> None:
+async def test_concurrent_tasks_never_hold_two_slots(etcd_cluster: LocalEtcdCluster, make: Make) -> None:
     """8 coordinators racing with max_disrupted 1 hold the slot one at a time, and every one gets it."""
     grp = group()
     intervals: list[tuple[float, float]] = []
@@ -108,7 +108,7 @@ async def test_processes_hold_slot_one_at_a_time(etcd_cluster: LocalEtcdCluster,
 
 
 async def test_sigkilled_holder_frees_slot_within_ttl(etcd_cluster: LocalEtcdCluster, tmp_path: Path,
-                                                      make) -> None:
+                                                      make: Make) -> None:
     """SIGKILL the process holding the slot: its lease expires within the TTL and the next host proceeds."""
     grp, ttl = group(), 4
     p = spawn(etcd_cluster, grp, "victim", ttl, 0, tmp_path / "x", forever=True)
@@ -132,7 +132,7 @@ async def test_sigkilled_holder_frees_slot_within_ttl(etcd_cluster: LocalEtcdClu
         p.wait(5)
 
 
-async def test_one_member_down_still_grants(fresh_etcd_cluster: LocalEtcdCluster, make) -> None:
+async def test_one_member_down_still_grants(fresh_etcd_cluster: LocalEtcdCluster, make: Make) -> None:
     """With one of three members stopped the quorum remains: slots are still granted and released."""
     c = fresh_etcd_cluster
     c.stop(c.members[0])  # first in every client's endpoint list
@@ -143,7 +143,7 @@ async def test_one_member_down_still_grants(fresh_etcd_cluster: LocalEtcdCluster
 
 
 async def test_two_members_down_fail_closed_denies_fail_open_acts(fresh_etcd_cluster: LocalEtcdCluster,
-                                                                  make) -> None:
+                                                                  make: Make) -> None:
     """A lone member (minority) never grants: fail_closed denies FLEET_UNREACHABLE promptly without stalling
     the event loop; fail_open acts without a slot and opens the P1 'fleet coordination lost'."""
     c = fresh_etcd_cluster
@@ -185,7 +185,7 @@ async def test_two_members_down_fail_closed_denies_fail_open_acts(fresh_etcd_clu
     await g2.release()
 
 
-async def test_breaker_opens_above_and_closes_below(etcd_cluster: LocalEtcdCluster, make) -> None:
+async def test_breaker_opens_above_and_closes_below(etcd_cluster: LocalEtcdCluster, make: Make) -> None:
     """4 hosts at breaker 50%: 3 unhealthy denies everyone with one P0 page; back to 1 unhealthy closes it."""
     grp = group()
     found: list[Finding] = []

@@ -6,8 +6,8 @@ import itertools
 from collections.abc import AsyncIterator
 
 import pytest
-
 from polling import until
+
 from watchdog.adapters.etcd import EtcdKV
 from watchdog.clock import FakeClock
 from watchdog.errors import CoordinatorUnavailable
