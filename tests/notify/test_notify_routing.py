@@ -129,8 +129,8 @@ def test_parse_route_errors_have_paths_and_no_crash():
     with pytest.raises(ConfigError) as ei:
         parse_route(bad, file="w.yaml")
     text = str(ei.value)
-    assert "w.yaml: notify.route.routes.0.severty: unknown key" in text
-    assert "routes.1.labels_regex" in text and "invalid regular expression" in text
+    assert "w.yaml: notify.route.routes[0].severty: unknown key" in text
+    assert "routes[1].labels_regex" in text and "invalid regular expression" in text
     assert "unknown time zone 'Mars/Base'" in text and "unknown weekday 'funday'" in text
 
 

@@ -26,14 +26,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
 import requests.exceptions
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from watchdog.config.runtimes import DockerRuntimeSettings
 from watchdog.errors import RuntimeUnavailable
 from watchdog.model import ActionOutcome, ActionResult, LogLine, RunState, RuntimeEvent, RuntimeState
 
@@ -50,38 +49,6 @@ OLD_SUFFIX = "-wdold-"  # name infix of a container kept aside during our own re
 WATCHED_ACTIONS = ("die", "oom", "kill", "health_status", "restart", "start", "stop", "destroy", "create", "rename")
 
 _UNREACHABLE = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
-
-
-class DockerRuntimeSettings(BaseModel):
-    """How to find and handle the target container. Field names match the config's `runtime: {type: docker}`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["docker"] = "docker"
-    container: str | None = Field(None, description="Container name (followed across re-creation)")
-    container_id: str | None = Field(None, description="Container id (its name is learnt and followed after that)")
-    compose_project: str | None = Field(None, description="Compose project label (with compose_service)")
-    compose_service: str | None = Field(None, description="Compose service label (with compose_project)")
-    compose_file: Path | None = Field(
-        None, description="Compose file: when set (and `docker compose` exists) recreate runs `up -d --force-recreate`"
-    )
-    docker_host: str | None = Field(
-        None, description="e.g. unix:///var/run/docker.sock; default: $DOCKER_HOST, else the default socket"
-    )
-    stop_timeout_s: float = Field(30.0, ge=0, description="Grace before docker sends SIGKILL on stop/restart")
-    api_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one Engine API call (not the events stream)")
-    max_concurrency: int = Field(4, ge=1, le=10, description="Concurrent blocking API calls (≤ the pool size 10)")
-    reconnect_initial_s: float = Field(0.5, gt=0, description="First wait before reconnecting the events stream")
-    reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the exponential reconnect backoff")
-    compose_command: list[str] = Field(["docker", "compose"], min_length=1, description="argv of docker compose")
-
-    @model_validator(mode="after")
-    def _one_selector(self) -> DockerRuntimeSettings:
-        if not (self.container or self.container_id or (self.compose_project and self.compose_service)):
-            raise ValueError(
-                "name the container: set 'container', 'container_id', or both 'compose_project' and 'compose_service'"
-            )
-        return self
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -20,11 +20,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from watchdog.clock import Clock, SystemClock
+from watchdog.config.runtimes import SystemdRuntimeSettings
 from watchdog.errors import RuntimeUnavailable
 from watchdog.model import ActionOutcome, ActionResult, LogLine, RunState, RuntimeEvent, RuntimeState
 
@@ -42,24 +40,6 @@ _UNREACHABLE_MARKERS = (
     "Failed to connect to system scope bus",
     "Failed to connect to user scope bus",
 )
-
-
-class SystemdRuntimeSettings(BaseModel):
-    """A unit to watch. `unit`, `user` and `stop_timeout_s` match the config's `runtime: {type: systemd}`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["systemd"] = "systemd"
-    unit: str = Field(min_length=1, description="Unit name; '.service' is added when no suffix is given")
-    user: bool = Field(False, description="A user unit (systemctl --user, journalctl --user-unit)")
-    stop_timeout_s: float = Field(90.0, ge=0, description="Stop grace before `systemctl kill -s SIGKILL`")
-    systemctl: str = Field("systemctl", description="systemctl binary")
-    journalctl: str = Field("journalctl", description="journalctl binary")
-    command_timeout_s: float = Field(30.0, gt=0, description="Timeout of one systemctl/journalctl call")
-    poll_interval_s: float = Field(1.0, gt=0, description="State polling period of events()")
-    no_block: bool = Field(
-        True, description="start with --no-block: return once the job is queued (readiness is verified by probes)"
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from watchdog.config.models import WatchdogConfig
+from watchdog.config.yamlsafe import parse_yaml, read_capped
 from watchdog.errors import ConfigError, Problem
 
 ENV_PREFIX = "VLLM_WATCHDOG_"
@@ -69,9 +70,9 @@ def _fmt_loc(loc: Sequence[str | int]) -> str:
     return out or "(top level)"
 
 
-def _model_at(loc: Sequence[str | int], root: type[BaseModel] = WatchdogConfig) -> type[BaseModel] | None:
+def _model_at(loc: Sequence[str | int], root: Any = WatchdogConfig) -> type[BaseModel] | None:
     """The pydantic model class that owns the field at `loc` (for 'known keys' hints)."""
-    model: Any = root
+    model: Any = _unwrap(root)
     for part in loc:
         if isinstance(part, int):
             continue
@@ -89,15 +90,16 @@ def _model_at(loc: Sequence[str | int], root: type[BaseModel] = WatchdogConfig) 
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _is_tag(shown: Sequence[str | int], part: str, root: type[BaseModel]) -> bool:
+def _is_tag(shown: Sequence[str | int], part: str, root: Any) -> bool:
     """True when `part` is a discriminated-union tag inserted by pydantic into an error location."""
-    parent = _model_at(shown[:-1], root)
-    if parent is None:
-        return False
-    field = parent.model_fields.get(str(shown[-1]))
-    if field is None:
-        return False
-    ann = _unwrap(field.annotation)
+    if not shown:
+        ann = _unwrap(root)
+    else:
+        parent = _model_at(shown[:-1], root)
+        field = parent.model_fields.get(str(shown[-1])) if parent is not None else None
+        if field is None:
+            return False
+        ann = _unwrap(field.annotation)
     return typing.get_origin(ann) in (typing.Union, types.UnionType) and any(
         _tag_of(m) == part for m in typing.get_args(ann)
     )
@@ -142,47 +144,78 @@ _BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "les
            "less_than_equal": ("<=", "le")}
 
 
-def problem_from_error(
-    err: Mapping[str, Any], file: str, lines: LineMap, data: Any, root: type[BaseModel] = WatchdogConfig
-) -> Problem:
-    """One pydantic error as a `file:line: field: message (fix)` Problem."""
-    loc: Loc = tuple(err.get("loc", ()))
-    kind = err.get("type", "")
+def _fix_for(kind: str, err: Mapping[str, Any], loc: Loc, shown: list[str | int], root: Any) -> tuple[str, str]:
+    """(message, fix) for one pydantic error kind; the message is pydantic's unless a better one exists."""
     msg = str(err.get("msg", "invalid"))
-    fix = ""
-    # drop discriminated-union tags from the displayed path
-    shown: list[str | int] = []
-    for p in loc:
-        if shown and isinstance(p, str) and isinstance(shown[-1], str) and _is_tag(shown, p, root):
-            continue
-        shown.append(p)
-    line, _ = lines.line_for(loc)
-    source = file
-    if kind != "missing" and not _in_doc(data, loc) and os.environ.get(_env_name(loc)) is not None:
-        source, line = f"environment {_env_name(loc)}", None
+    ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1], root)
         known = sorted(parent.model_fields) if parent else []
         name = str(shown[-1]) if shown else ""
         close = difflib.get_close_matches(name, known, n=1)
-        msg = f"unknown key '{name}'"
-        fix = (f"did you mean '{close[0]}'? " if close else "") + (
-            f"known keys: {', '.join(known)}" if known else "remove it"
-        )
-    elif kind == "missing":
-        msg = "is required"
-        fix = "add it"
-    elif kind == "union_tag_invalid":
-        fix = "use one of: docker, systemd, process"
-    elif kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    elif kind in _BOUNDS:
-        limit = (err.get("ctx") or {}).get(_BOUNDS[kind][1])
+        return f"unknown key '{name}'", (f"did you mean '{close[0]}'? " if close else "") + (
+            f"known keys: {', '.join(known)}" if known else "remove it")
+    if kind == "missing":
+        return "is required", "add it"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+        if kind == "union_tag_not_found":
+            return "has no 'type'", f"add type: one of {', '.join(tags)}"
+        tag = str(ctx.get("tag", "?"))
+        close = difflib.get_close_matches(tag, tags, n=1)
+        return f"unknown type '{tag}'", (f"did you mean '{close[0]}'? " if close else "") + \
+            f"use one of: {', '.join(tags)}"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, "), ""
+    if kind in _BOUNDS:
+        limit = ctx.get(_BOUNDS[kind][1])
         shown_limit = f"{limit:g}" if isinstance(limit, int | float) else str(limit)
-        fix = f"use a number {_BOUNDS[kind][0]} {shown_limit}"
-    elif kind.endswith("_type") or kind.endswith("_parsing"):
-        fix = "check the value's type"
-    return Problem(file=source, line=line, field=_fmt_loc(shown), message=msg, fix=fix)
+        return msg, f"use a number {_BOUNDS[kind][0]} {shown_limit}"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return msg, "check the value's type"
+    return msg, ""
+
+
+def problem_from_error(
+    err: Mapping[str, Any], file: str, lines: LineMap | None, data: Any, root: Any = WatchdogConfig,
+    prefix: Loc = (),
+) -> Problem:
+    """One pydantic error as a `file:line: field: message (fix)` Problem: THE converter of the project.
+
+    `root` is the model (or annotated union) that was validated; `prefix` is where its data sits in the
+    file (e.g. ("notify", "receivers", 0)) so the field path and the line are those of the whole file.
+    """
+    loc: Loc = tuple(err.get("loc", ()))
+    kind = str(err.get("type", ""))
+    # drop discriminated-union tags from the displayed path
+    shown: list[str | int] = []
+    for p in loc:
+        if isinstance(p, str) and (not shown or isinstance(shown[-1], str | int)) and _is_tag(shown, p, root):
+            continue
+        shown.append(p)
+    msg, fix = _fix_for(kind, err, loc, shown, root)
+    full: Loc = (*prefix, *loc)
+    line = lines.line_for(full)[0] if lines is not None else None
+    source = file
+    if not prefix and kind != "missing" and not _in_doc(data, loc) and os.environ.get(_env_name(loc)) is not None:
+        source, line = f"environment {_env_name(loc)}", None
+    return Problem(file=source, line=line, field=_fmt_loc((*prefix, *shown)), message=msg, fix=fix)
+
+
+def problems_from(exc: ValidationError, file: str, *, root: Any, prefix: Loc = (), lines: LineMap | None = None,
+                  data: Any = None) -> list[Problem]:
+    """Every error of `exc` through `problem_from_error` (input values are never included)."""
+    return [problem_from_error(e, file, lines, data, root, prefix) for e in exc.errors(include_input=False)]
+
+
+def validate_section(schema: Any, raw: Any, *, file: str = "watchdog.yaml", prefix: Loc = (),
+                     lines: LineMap | None = None) -> Any:
+    """`raw` validated against `schema` (a model class or an annotated union), or ConfigError whose
+    problems carry the path `prefix` + the field (and a line when `lines` is given)."""
+    try:
+        return TypeAdapter(schema).validate_python(raw)
+    except ValidationError as exc:
+        raise ConfigError(problems_from(exc, file, root=schema, prefix=prefix, lines=lines, data=raw)) from None
 
 
 class WatchdogSettings(BaseSettings, WatchdogConfig):
@@ -230,16 +263,7 @@ def _resolve_paths(obj: Any, base: Path) -> None:
 
 def load_text(text: str, *, file: str = "<config>", base_dir: Path | None = None) -> WatchdogConfig:
     """Parse and validate config text. Raises ConfigError listing every problem."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(
-            [Problem(file, line, "(yaml)", f"not valid YAML: {problem}", "fix the syntax at that line")]
-        ) from None
+    data, node = parse_yaml(text, file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -248,8 +272,7 @@ def load_text(text: str, *, file: str = "<config>", base_dir: Path | None = None
     try:
         cfg: WatchdogConfig = WatchdogSettings(**data)
     except ValidationError as e:
-        problems = [problem_from_error(err, file, lines, data) for err in e.errors(include_input=False)]
-        raise ConfigError(problems) from None
+        raise ConfigError(problems_from(e, file, root=WatchdogConfig, lines=lines, data=data)) from None
     base = base_dir or Path.cwd()
     _resolve_paths(cfg, base)
     if cfg.config_dir is None:
@@ -260,13 +283,27 @@ def load_text(text: str, *, file: str = "<config>", base_dir: Path | None = None
 def load_file(path: Path | str) -> WatchdogConfig:
     """Load a config file; relative paths inside it resolve against its directory."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem(str(p), None, "(file)", "does not exist", "pass --config PATH")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([Problem(str(p), None, "(file)", f"cannot be read: {e.__class__.__name__}", "")]) from None
+    text = read_capped(p)
     return load_text(text, file=str(p), base_dir=p.resolve().parent)
 
 
-__all__ = ["ENV_PREFIX", "LineMap", "WatchdogSettings", "load_file", "load_text", "problem_from_error"]
+def line_map_of(path: Path | str) -> LineMap:
+    """The line map of a config file that already loaded (for problems found after loading)."""
+    try:
+        _, node = parse_yaml(read_capped(path), str(path))
+    except ConfigError:
+        return LineMap(None)
+    return LineMap(node)
+
+
+__all__ = [
+    "ENV_PREFIX",
+    "LineMap",
+    "WatchdogSettings",
+    "line_map_of",
+    "load_file",
+    "load_text",
+    "problem_from_error",
+    "problems_from",
+    "validate_section",
+]

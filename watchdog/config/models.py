@@ -9,19 +9,23 @@ must never read a secret, touch the network, or import a stage implementation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, populate_by_name=True)
+from watchdog.config.base import Strict
+from watchdog.config.detectors import TargetDetectors
+from watchdog.config.host import HostConfig
+from watchdog.config.receivers import ReceiverSettings
+from watchdog.config.routes import RouteSettings
+from watchdog.config.runtimes import RuntimeSettings
+from watchdog.config.urls import check_url
 
 
 class ProbeTiming(Strict):
     """kubelet-like probe timing. A first failure triggers an immediate re-probe (`reprobe_delay_s`)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Run this probe")
     period_s: float = Field(10.0, gt=0, description="Seconds between probes while healthy")
     timeout_s: float = Field(5.0, gt=0, description="Hard deadline of one probe run")
     failure_threshold: int = Field(3, ge=1, description="Consecutive failures before the probe is failing")
@@ -34,152 +38,125 @@ class ProbeTiming(Strict):
 
 
 class LivenessProbe(ProbeTiming):
-    path: str = "/health"
+    """GET `path`: is the server process up and answering? Failing → service_down."""
+
+    path: str = Field("/health", description="HTTP path of the liveness check")
 
 
 class ReadinessProbe(ProbeTiming):
-    path: str = "/v1/models"
-    period_s: float = Field(10.0, gt=0)
+    """GET `path` and look for the served model: can it take requests? Failing → not_ready/wrong_model."""
+
+    path: str = Field("/v1/models", description="HTTP path that lists the served models")
+    period_s: float = Field(10.0, gt=0, description="Seconds between probes while healthy")
 
 
 class CanaryProbe(ProbeTiming):
     """A tiny real completion: the only probe that catches an engine hung while /health is 200."""
 
-    path: str = "/v1/completions"
-    prompt: str = "ping"
-    max_tokens: int = Field(1, ge=1, le=16)
-    period_s: float = Field(30.0, gt=0)
-    timeout_s: float = Field(20.0, gt=0)
-    failure_threshold: int = Field(2, ge=1)
+    path: str = Field("/v1/completions", description="HTTP path of the completion request")
+    prompt: str = Field("ping", description="Prompt of the tiny completion")
+    max_tokens: int = Field(1, ge=1, le=16, description="Tokens asked for (kept tiny: it costs GPU time)")
+    period_s: float = Field(30.0, gt=0, description="Seconds between probes while healthy")
+    timeout_s: float = Field(20.0, gt=0, description="Hard deadline of one completion")
+    failure_threshold: int = Field(2, ge=1, description="Consecutive failures before the probe is failing")
 
 
 class MetricsScrape(Strict):
-    enabled: bool = True
-    path: str = "/metrics"
-    period_s: float = Field(15.0, gt=0)
-    timeout_s: float = Field(5.0, gt=0)
+    """Scrape vLLM's Prometheus `/metrics` for the SLA and stall detectors (`detectors.sla`, `.stall`)."""
+
+    enabled: bool = Field(True, description="Scrape metrics (without it the SLA and stall detectors are off)")
+    path: str = Field("/metrics", description="HTTP path of the Prometheus exposition")
+    period_s: float = Field(15.0, gt=0, description="Seconds between scrapes")
+    timeout_s: float = Field(5.0, gt=0, description="Deadline of one scrape")
 
 
 class LogWatch(Strict):
-    enabled: bool = True
+    """Read the server's new log lines from the runtime and classify them (CUDA OOM, NCCL timeout …)."""
+
+    enabled: bool = Field(True, description="Read and classify log lines (needs a runtime)")
     period_s: float = Field(2.0, gt=0, description="How often new log lines are read and classified")
     max_lines: int = Field(2000, ge=10, description="Upper bound of lines read per pass (never the whole log)")
     catalog_file: Path | None = Field(None, description="Extra/overriding log patterns (YAML)")
 
 
 class TargetProbes(Strict):
-    liveness: LivenessProbe = LivenessProbe()
-    readiness: ReadinessProbe = ReadinessProbe()
-    canary: CanaryProbe = CanaryProbe()
-    metrics: MetricsScrape = MetricsScrape()
-    logs: LogWatch = LogWatch()
+    """`targets[].probes`: how the watchdog observes one server."""
+
+    liveness: LivenessProbe = Field(default_factory=LivenessProbe, description="Is the process answering?")
+    readiness: ReadinessProbe = Field(default_factory=ReadinessProbe, description="Is the model served?")
+    canary: CanaryProbe = Field(default_factory=CanaryProbe, description="Does a real completion finish?")
+    metrics: MetricsScrape = Field(default_factory=MetricsScrape, description="Prometheus /metrics scrape")
+    logs: LogWatch = Field(default_factory=LogWatch, description="Log lines from the runtime")
 
 
 class TlsClient(Strict):
-    verify: bool = True
-    ca_file: Path | None = None
-    server_hostname: str | None = None
+    """How the watchdog's HTTP client trusts an https:// target."""
 
-
-class DockerRuntimeConfig(Strict):
-    type: Literal["docker"]
-    container: str | None = Field(None, description="Container name")
-    container_id: str | None = None
-    compose_project: str | None = None
-    compose_service: str | None = None
-    compose_file: Path | None = None
-    docker_host: str | None = Field(None, description="e.g. unix:///var/run/docker.sock; default: environment")
-    stop_timeout_s: float = Field(30.0, ge=0)
-    api_timeout_s: float = Field(30.0, gt=0)
-
-    @model_validator(mode="after")
-    def _one_selector(self) -> DockerRuntimeConfig:
-        if not (self.container or self.container_id or (self.compose_project and self.compose_service)):
-            raise ValueError(
-                "name the container: set 'container', 'container_id', or both 'compose_project' and "
-                "'compose_service'"
-            )
-        return self
-
-
-class SystemdRuntimeConfig(Strict):
-    type: Literal["systemd"]
-    unit: str
-    user: bool = False
-    stop_timeout_s: float = Field(90.0, ge=0)
-
-
-class ProcessRuntimeConfig(Strict):
-    """A server process the watchdog spawns itself (the demo; also bare-metal without systemd)."""
-
-    type: Literal["process"]
-    command: list[str] = Field(min_length=1, description="argv; never run through a shell")
-    env: dict[str, str] = {}
-    env_file: Path | None = Field(None, description="KEY=VALUE file read at every (re)start")
-    cwd: Path | None = None
-    stop_timeout_s: float = Field(10.0, ge=0)
-
-
-RuntimeConfig = Annotated[
-    DockerRuntimeConfig | SystemdRuntimeConfig | ProcessRuntimeConfig, Field(discriminator="type")
-]
+    verify: bool = Field(True, description="Verify the server certificate (false: accept any; avoid)")
+    ca_file: Path | None = Field(None, description="CA bundle that signed the server certificate (default: system)")
+    server_hostname: str | None = Field(None, description="Name to verify instead of base_url's host")
 
 
 class ConfigFileRef(Strict):
     """A vLLM configuration file the watchdog may edit and roll back."""
 
-    name: str
-    path: Path
-    format: Literal["env", "yaml"]
+    name: str = Field(description="Name that policies use (set_config/rollback steps' `config`)")
+    path: Path = Field(description="The file (relative: against this config file)")
+    format: Literal["env", "yaml"] = Field(description="env: KEY=VALUE lines; yaml: a YAML mapping")
 
 
 class TargetConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    """One vLLM server: where it answers, where it runs, how it is probed and judged."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Unique target name "
+                      "(letters, digits, _ . -); used in incidents, metrics and policies")
     base_url: str = Field(description="vLLM base URL, e.g. https://127.0.0.1:7654")
     model: str = Field(description="served model name that /v1/models must list")
-    api_key_env: str | None = None
-    api_key_file: Path | None = None
-    tls: TlsClient = TlsClient()
-    runtime: RuntimeConfig | None = None
-    config_files: list[ConfigFileRef] = []
-    probes: TargetProbes = TargetProbes()
-    labels: dict[str, str] = {}
+    api_key_env: str | None = Field(None, description="Environment variable holding vLLM's --api-key")
+    api_key_file: Path | None = Field(None, description="File holding vLLM's --api-key")
+    tls: TlsClient = Field(default_factory=TlsClient, description="Trust settings for an https:// base_url")
+    runtime: RuntimeSettings | None = Field(None, description="Where the server runs (docker, systemd, "
+                                            "process); without it the watchdog only observes and notifies")
+    config_files: list[ConfigFileRef] = Field(default_factory=list, description="vLLM config files the "
+                                              "watchdog may edit (set_config) and roll back")
+    probes: TargetProbes = Field(default_factory=TargetProbes, description="Probe settings")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels added to this target's incidents "
+                                   "(routes and silences can match them)")
     known_good_soak_s: float = Field(
         300.0, ge=0, description="Ready this long → config files are snapshotted as last known good"
     )
     crash_loop_exits: int = Field(3, ge=2, description="This many exits within crash_loop_window_s is a crash loop")
-    crash_loop_window_s: float = Field(600.0, gt=0)
-    detectors: dict[str, Any] = Field(
-        default_factory=dict, description="Per-target detector settings (sla, stall, breaker, tls)"
-    )
+    crash_loop_window_s: float = Field(600.0, gt=0, description="Window of crash_loop_exits")
+    detectors: TargetDetectors = Field(default_factory=TargetDetectors, description="Detector settings")
 
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return v.rstrip("/")
-
-
-class ReceiverConfig(Strict):
-    """A notification receiver. `type` picks the notifier; the other keys are that notifier's own."""
-
-    model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
-    name: str
-    type: str
+        return check_url(v, secret_field="api_key_env or api_key_file").rstrip("/")
 
 
 class NotifyConfig(Strict):
-    receivers: list[ReceiverConfig] = []
-    route: dict[str, Any] | None = Field(None, description="Routing tree; default: every receiver")
+    """`notify`: who hears about incidents, and how deliveries are retried."""
+
+    receivers: list[ReceiverSettings] = Field(default_factory=list, description="Receivers, each with a "
+                                              "unique `name` and a `type`")
+    route: RouteSettings | None = Field(None, description="Routing tree; default: every receiver")
     group_wait_s: float = Field(1.0, ge=0, description="Edges of one target that open together: one message")
     repeat_interval_s: float = Field(3600.0, gt=0, description="Re-notify an incident that stays open")
     alertmanager_resend_s: float = Field(
         60.0, gt=0, description="Re-send open incidents to Alertmanager receivers (before their endsAt)"
     )
     max_attempts: int = Field(20, ge=1, description="Delivery attempts before the dead-letter state")
-    backoff_initial_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(300.0, gt=0)
+    backoff_initial_s: float = Field(1.0, gt=0, description="First retry delay of a failed delivery")
+    backoff_max_s: float = Field(300.0, gt=0, description="Cap of the exponential retry delay")
+
+    @field_validator("receivers")
+    @classmethod
+    def _named(cls, v: list[ReceiverSettings]) -> list[ReceiverSettings]:
+        for i, r in enumerate(v):
+            if not r.name:
+                raise ValueError(f"receivers[{i}] has no name: give every receiver a unique `name`")
+        return v
 
 
 class TlsServer(Strict):
@@ -207,9 +184,12 @@ class AlertmanagerIngress(Strict):
 
 
 class HttpConfig(Strict):
-    listen: str = "127.0.0.1"
-    port: int = Field(9321, ge=0, le=65535)
-    enabled: bool = True
+    """The watchdog's own HTTP endpoint: /status, /incidents, /metrics, /healthz."""
+
+    listen: str = Field("127.0.0.1", description="Address to bind")
+    port: int = Field(9321, ge=0, le=65535, description="Port to bind (0: any free port, written to "
+                      "state_dir/http.port)")
+    enabled: bool = Field(True, description="Serve the endpoint")
     status_url: str | None = Field(None, description="Public link to this watchdog, used in notifications")
     tls: TlsServer = TlsServer()
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused (413)")
@@ -225,29 +205,61 @@ class AuthConfig(Strict):
 
 
 class LoggingConfig(Strict):
-    format: Literal["auto", "json", "console"] = "auto"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    """The watchdog's own log."""
+
+    format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, else JSON")
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level written")
+
+
+class GuardSettings(Strict):
+    """Remediation guards (the defaults every policy inherits; a policy or a step may override each one).
+    Only actions that touch the target (restart, start, stop, recreate, set_config, rollback_config, prune,
+    exec, http_call) spend them; notify and escalate never do."""
+
+    cooldown_s: float = Field(10.0, ge=0, description="Quiet time after any action on the target")
+    max_attempts: int = Field(10, ge=1, description="Actions on the target within window_s before paging")
+    window_s: float = Field(3600.0, gt=0, description="Window of the max_attempts budget")
+    backoff_initial_s: float = Field(10.0, ge=0, description="CrashLoopBackOff: 10 s doubling …")
+    backoff_factor: float = Field(2.0, ge=1)
+    backoff_max_s: float = Field(300.0, ge=0, description="… to this cap")
+    backoff_reset_s: float = Field(600.0, gt=0, description="… reset after this long without an action")
+
+
+class RemediationDefaults(GuardSettings):
+    """`remediation.defaults`: guards, ladder window and stop timeout inherited by every policy."""
+
+    ladder_window_s: float = Field(
+        600.0, gt=0, description="A new incident continues the ladder of the previous one of the same kind on "
+        "the target only if it opened within this long after that one resolved; otherwise it starts at step 1"
+    )
+    stop_timeout_s: float = Field(10.0, ge=0, description="Grace between SIGTERM and SIGKILL (Docker's 10 s)")
 
 
 class RemediationConfig(Strict):
+    """`remediation`: whether and by which policies the watchdog acts."""
     dry_run: bool = Field(False, description="Log and notify what would be done; never act")
-    policy_files: list[Path] = Field(default_factory=list, description="Policy YAML files (default: shipped)")
+    policy_files: list[Path] = Field(
+        default_factory=list,
+        description="User policy files, merged over the shipped policies by name (same name overrides, "
+        "`enabled: false` disables)",
+    )
+    defaults: RemediationDefaults = RemediationDefaults()
 
 
 class WatchdogConfig(Strict):
     config_dir: Path | None = Field(
         None, description="Directory of the config file (set by the loader; relative paths resolve against it)"
     )
-    state_dir: Path = Path("/var/lib/vllm-watchdog")
+    state_dir: Path = Field(Path("/var/lib/vllm-watchdog"), description="Durable state: incidents, "
+                            "outbox, attempt ledger, config snapshots (must be writable)")
     http: HttpConfig = HttpConfig()
     auth: AuthConfig = AuthConfig()
-    logging: LoggingConfig = LoggingConfig()
-    targets: list[TargetConfig] = Field(min_length=1)
-    notify: NotifyConfig = NotifyConfig()
-    remediation: RemediationConfig = RemediationConfig()
-    host: dict[str, Any] = Field(
-        default_factory=dict, description="Host-level detectors: disk, memory, gpu, tls (cert dirs)"
-    )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="The watchdog's own log")
+    targets: list[TargetConfig] = Field(min_length=1, description="The vLLM servers to watch")
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Receivers and routing")
+    remediation: RemediationConfig = Field(default_factory=RemediationConfig, description="Policies and dry run")
+    host: HostConfig = Field(default_factory=HostConfig, description="Checks of the host: disk, memory, GPUs, "
+                             "certificate files")
 
     @model_validator(mode="after")
     def _unique_names(self) -> WatchdogConfig:
@@ -260,5 +272,5 @@ class WatchdogConfig(Strict):
         for r in self.notify.receivers:
             if r.name in rs:
                 raise ValueError(f"receiver name {r.name!r} is used twice")
-            rs.add(r.name)
+            rs.add(r.name or "")
         return self

@@ -19,66 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from watchdog.config.detectors import SlaSettings
 from watchdog.detectors.thresholds import EdgeTracker, LevelChange, LevelEdge
 from watchdog.model import Finding, IncidentKind, ProbeResult, Severity, Status
 from watchdog.vllm_metrics import (
-    DEFAULT_COMPLETION_HANDLERS,
-    DEFAULT_ERROR_REASONS,
     MetricsSnapshot,
     NoData,
     WindowStats,
     compute_window,
     reset_between,
 )
-
-
-class SlaSettings(BaseModel):
-    """Thresholds of the SLA detector. Defaults are the runbook's alert rules."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window_s: float = Field(120.0, gt=0, description="Length of the sliding window the rates and quantiles "
-                            "are computed over (like PromQL `rate(...[2m])`).")
-    min_window_s: float = Field(10.0, ge=0, description="No judgement until the window spans at least this.")
-    min_requests: int = Field(20, ge=1, description="Latency and error rate are judged only when the window "
-                              "holds at least this many requests (a single slow request never pages).")
-    p95_latency_s: float = Field(10.0, gt=0, description="P95 end-to-end latency alert threshold (runbook: "
-                                 "P95 > 10 s).")
-    p99_latency_s: float = Field(30.0, gt=0, description="P99 end-to-end latency alert threshold (SLA: "
-                                 "P99 < 30 s).")
-    latency_for_s: float = Field(60.0, ge=0, description="Latency must stay over a threshold this long.")
-    error_rate: float = Field(0.10, gt=0, le=1, description="Error-rate alert threshold (runbook: > 10 %).")
-    error_rate_sla: float = Field(0.05, gt=0, le=1, description="The SLA error rate (< 5 %), reported in the "
-                                  "evidence; the alert fires at `error_rate`.")
-    error_for_s: float = Field(60.0, ge=0, description="The error rate must stay over the threshold this long.")
-    error_reasons: list[str] = Field(default_factory=lambda: list(DEFAULT_ERROR_REASONS),
-                                     description="`finished_reason` values counted as errors ('abort' is a "
-                                     "client disconnect, usually not an error).")
-    completion_handlers: list[str] = Field(default_factory=lambda: list(DEFAULT_COMPLETION_HANDLERS),
-                                           description="`http_requests_total` handlers whose 5xx count as "
-                                           "errors.")
-    min_throughput_rps: float | None = Field(None, gt=0, description="Minimum finished requests per second "
-                                             "while there is demand (SLA: > 10 req/s). None disables it.")
-    throughput_demand_waiting: float = Field(1.0, gt=0, description="Throughput is judged only while at least "
-                                             "this many requests are waiting (demand exceeds capacity).")
-    throughput_for_s: float = Field(120.0, ge=0, description="Throughput must stay low this long.")
-    kv_cache_usage: float = Field(0.95, gt=0, le=1, description="KV-cache usage (0..1) over which pressure is "
-                                  "reported.")
-    kv_cache_hysteresis: float = Field(0.03, ge=0, lt=1, description="KV pressure resolves below "
-                                       "`kv_cache_usage - kv_cache_hysteresis`.")
-    kv_cache_for_s: float = Field(300.0, ge=0, description="KV-cache usage must stay high this long.")
-    preemptions_per_s: float = Field(0.1, gt=0, description="Preemption rate over which a finding opens "
-                                     "(V1 logs nothing on preemption: this metric is the only signal).")
-    preemptions_for_s: float = Field(300.0, ge=0, description="The preemption rate must stay high this long.")
-    scrape_failures: int = Field(3, ge=1, description="Consecutive failed scrapes before `metrics_unavailable`.")
-    hysteresis_ratio: float = Field(0.9, gt=0, le=1, description="Latency, error and preemption findings "
-                                    "resolve once the value is below threshold × this ratio.")
-    clear_for_s: float = Field(30.0, ge=0, description="A condition must stay clear this long to resolve.")
-    model: str | None = Field(None, description="Judge only this `model_name` (default: every model on the "
-                              "page, one finding per model).")
-
 
 LATENCY_REMEDY = (
     "check queue depth and KV-cache usage; scale out or lower max_num_seqs/max_model_len; a hung engine "

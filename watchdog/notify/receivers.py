@@ -1,14 +1,16 @@
 """Builds the configured receivers and the routing tree from `notify:` in watchdog.yaml. Stage: wiring.
 
-`check_notify` validates receivers, templates and routes for `vllm-watchdog check` without resolving
-secrets (the check host need not hold them); `build_all` resolves them at daemon start, where a missing
-secret is an error naming the field. Must never send anything.
+The loader has already validated every receiver and the route (their models live in
+`watchdog.config.receivers` / `.routes`). `check_notify` adds what needs the notify stage: templates
+rendered against a sample notification and route receivers that exist, without resolving secrets (the
+check host need not hold them). `build_all` resolves the secrets at daemon start (and under
+`check --live`), where a missing or bad secret is a `ConfigError` naming the field. Must never send
+anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
@@ -16,53 +18,43 @@ from watchdog.clock import Clock
 from watchdog.config.models import WatchdogConfig
 from watchdog.errors import ConfigError, Problem
 from watchdog.model import Notification
-from watchdog.notify.notifiers import build_notifier, parse_receiver
-from watchdog.notify.routing import Router, parse_route, route_all
+from watchdog.notify.notifiers import build_notifier
+from watchdog.notify.render import validate_template
+from watchdog.notify.routing import Router, route_all
 from watchdog.protocols import Notifier
 
 
-def _parsed(cfg: WatchdogConfig, file: str) -> tuple[list[tuple[str, Any]], list[Problem]]:
-    out: list[tuple[str, Any]] = []
-    problems: list[Problem] = []
-    for i, r in enumerate(cfg.notify.receivers):
-        try:
-            out.append((r.name, parse_receiver(r.model_dump(), file=file, where=f"notify.receivers[{i}]")))
-        except ConfigError as e:
-            problems.extend(e.problems)
-    return out, problems
-
-
 def check_notify(cfg: WatchdogConfig, file: str) -> list[Problem]:
-    parsed, problems = _parsed(cfg, file)
-    names = {n for n, _ in parsed} | {r.name for r in cfg.notify.receivers}
-    try:
-        route = parse_route(cfg.notify.route, file=file)
-    except ConfigError as e:
-        return problems + e.problems
-    if route is not None:
-        for msg in Router(route).validate(names):
+    """Problems of templates and route references (the loader checked the structure)."""
+    problems: list[Problem] = []
+    names = {r.name for r in cfg.notify.receivers if r.name}
+    if cfg.notify.route is not None:
+        for msg in Router(cfg.notify.route).validate(names):
             problems.append(Problem(file, None, "notify.route", msg, "use a name from notify.receivers"))
-    for name, rc in parsed:
-        tpl = getattr(rc, "template", None)
-        if tpl:
-            from watchdog.notify.render import validate_template
-
-            for err in validate_template(tpl):
-                problems.append(Problem(file, None, f"notify.receivers.{name}.template", err, "fix the template"))
+    for i, rc in enumerate(cfg.notify.receivers):
+        if rc.template:
+            for err in validate_template(rc.template):
+                problems.append(Problem(file, None, f"notify.receivers[{i}].template", err, "fix the template"))
     return problems
 
 
-def build_all(cfg: WatchdogConfig, client: httpx.AsyncClient, clock: Clock) -> dict[str, Notifier]:
-    parsed, problems = _parsed(cfg, "watchdog.yaml")
+def build_all(cfg: WatchdogConfig, client: httpx.AsyncClient, clock: Clock, *,
+              source: str = "watchdog.yaml") -> dict[str, Notifier]:
+    """Every receiver as a ready notifier (secrets resolved); ConfigError lists every receiver's problem."""
+    out: dict[str, Notifier] = {}
+    problems: list[Problem] = []
+    for rc in cfg.notify.receivers:
+        name = rc.name or rc.type
+        try:
+            out[name] = build_notifier(name, rc, client, clock, base_dir=cfg.config_dir, source=source)
+        except ConfigError as e:
+            problems.extend(e.problems)
     if problems:
         raise ConfigError(problems)
-    return {
-        name: build_notifier(name, rc, client, clock, base_dir=cfg.config_dir, source="watchdog.yaml")
-        for name, rc in parsed
-    }
+    return out
 
 
 def router_for(cfg: WatchdogConfig, receivers: set[str]) -> Callable[[Notification, float], list[str]]:
-    route = parse_route(cfg.notify.route) or route_all(sorted(receivers))
+    route = cfg.notify.route or route_all(sorted(receivers))
     router = Router(route)
     return router.route

@@ -27,8 +27,8 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from watchdog.config.receivers import ReceiverBase
 from watchdog.model import EventKind, Notification, Severity
 
 VALUE_MAX_CHARS = 600  # one evidence value (e.g. a long log line) is cut at this many characters
@@ -367,6 +367,11 @@ def validate_template(text: str) -> list[str]:
     return []
 
 
+def compile_template(cfg: ReceiverBase) -> MessageTemplate | None:
+    """The receiver's compiled template, or None when it has none."""
+    return MessageTemplate(cfg.template) if cfg.template is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """What a notifier sends: the default content, and the text (template output or default), capped."""
@@ -391,32 +396,6 @@ def build_message(n: Notification, template: MessageTemplate | None = None, max_
     return Message(rendered, cap_bytes(text, max_bytes))
 
 
-class ReceiverBase(BaseModel):
-    """Keys every receiver has (each notifier's config model extends this and sets `type`)."""
-
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, populate_by_name=True)
-
-    name: str | None = Field(None, description="Receiver name (also given by the notify.receivers entry)")
-    template: str | None = Field(
-        None,
-        description="Jinja2 template of the message text (sandboxed; undefined names are errors). "
-        "Names: every Notification field, title, text, body, sections, severity_word",
-    )
-    max_bytes: int = Field(100_000, ge=256, description="Cap of the message text; longer text is cut with a note")
-
-    @field_validator("template")
-    @classmethod
-    def _valid_template(cls, v: str | None) -> str | None:
-        if v is not None:
-            errors = validate_template(v)
-            if errors:
-                raise ValueError("; ".join(errors))
-        return v
-
-    def compiled_template(self) -> MessageTemplate | None:
-        return MessageTemplate(self.template) if self.template is not None else None
-
-
 __all__ = [
     "Message",
     "MessageTemplate",
@@ -426,6 +405,7 @@ __all__ = [
     "build_message",
     "cap_bytes",
     "cap_chars",
+    "compile_template",
     "fmt_value",
     "render",
     "template_context",

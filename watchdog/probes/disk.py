@@ -16,73 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from watchdog.clock import Clock, SystemClock
+from watchdog.config.host import DiskPath, DiskSettings, DiskThresholds, GiB
 from watchdog.model import ProbeResult, Status
-
-GiB = 1024**3
-
-
-class DiskThresholds(BaseModel):
-    """Free-space thresholds: a level opens when EITHER the percent OR the absolute value is under."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    warn_free_percent: float = Field(10.0, ge=0, le=100, description="Free space % under this → disk_low P2")
-    critical_free_percent: float = Field(5.0, ge=0, le=100, description="Free space % under this → P1")
-    warn_free_bytes: int = Field(10 * GiB, ge=0, description="Free bytes under this → disk_low P2")
-    critical_free_bytes: int = Field(2 * GiB, ge=0, description="Free bytes under this → P1")
-    warn_free_inodes_percent: float = Field(10.0, ge=0, le=100, description="Free inodes % under → P2")
-    critical_free_inodes_percent: float = Field(5.0, ge=0, le=100, description="Free inodes % under → P1")
-
-
-class DiskPath(BaseModel):
-    """One watched path; unset thresholds inherit `DiskSettings`' values. A bare string is accepted."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: Path
-    name: str | None = Field(None, description="Label in findings (default: the path)")
-    expect_writable: bool = Field(True, description="A read-only mount here → disk_readonly P1")
-    warn_free_percent: float | None = Field(None, ge=0, le=100)
-    critical_free_percent: float | None = Field(None, ge=0, le=100)
-    warn_free_bytes: int | None = Field(None, ge=0)
-    critical_free_bytes: int | None = Field(None, ge=0)
-    warn_free_inodes_percent: float | None = Field(None, ge=0, le=100)
-    critical_free_inodes_percent: float | None = Field(None, ge=0, le=100)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare(cls, v: Any) -> Any:
-        return {"path": v} if isinstance(v, str | Path) else v
-
-    @property
-    def label(self) -> str:
-        return self.name or str(self.path)
-
-
-class DiskSettings(DiskThresholds):
-    """`host.disk` in watchdog.yaml: paths and the default thresholds they inherit."""
-
-    enabled: bool = Field(True, description="Check the configured paths")
-    period_s: float = Field(60.0, gt=0, description="Seconds between checks")
-    timeout_s: float = Field(5.0, gt=0, description="Deadline of one statvfs (network mounts can hang)")
-    paths: list[DiskPath] = Field(
-        default_factory=list,
-        description="Paths to watch, e.g. the model cache (~/.cache/huggingface), /var/lib/docker, state_dir",
-    )
-    hysteresis_percent: float = Field(1.0, ge=0, description="Resolve once free % is this far above")
-    hysteresis_bytes: int = Field(GiB // 2, ge=0, description="Resolve once free bytes are this far above")
-    for_s: float = Field(0.0, ge=0, description="A level must hold this long before it opens")
-
-    def thresholds_for(self, p: DiskPath) -> DiskThresholds:
-        merged = {k: getattr(self, k) for k in DiskThresholds.model_fields}
-        for k in DiskThresholds.model_fields:
-            v = getattr(p, k)
-            if v is not None:
-                merged[k] = v
-        return DiskThresholds(**merged)
 
 
 def statvfs_values(path: Path) -> dict[str, Any]:

@@ -23,8 +23,6 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from watchdog.adapters.nvml import (
     CRITICAL_EVENT_MASK,
     FieldNotSupported,
@@ -36,86 +34,10 @@ from watchdog.adapters.nvml import (
     NvmlUnavailable,
 )
 from watchdog.clock import Clock, SystemClock
-from watchdog.model import ProbeResult, Severity, Status
+from watchdog.config.host import APPLICATION_XIDS, DEFAULT_XID_SEVERITY, GpuSettings
+from watchdog.model import ProbeResult, Status
 
 log = logging.getLogger(__name__)
-
-# Xids NVIDIA's k8s device plugin treats as application errors (the GPU stays healthy):
-# libraries.md §3.3 (`applicationErrorXids` in NVIDIA/k8s-device-plugin internal/rm/health.go).
-APPLICATION_XIDS: tuple[int, ...] = (13, 31, 43, 45, 68)
-
-# Severity of the other critical Xids: libraries.md §3.3 and vllm.md §3.7 (NVIDIA's Xid catalog,
-# "Immediate Action" bucket). 79 = fallen off the bus: only a host reboot helps (P0).
-DEFAULT_XID_SEVERITY: dict[int, Severity] = {
-    48: Severity.P1,  # double-bit ECC: GPU reset or node reboot needed
-    62: Severity.P1,  # PMU halt: RESET_GPU
-    63: Severity.P3,  # row remapping / page retirement event: count it, a reset activates it
-    64: Severity.P1,  # remapping failure: RESET_GPU / RMA
-    74: Severity.P1,  # NVLink error (critical for TP > 1)
-    79: Severity.P0,  # GPU has fallen off the bus: reboot the host; container restarts are pointless
-    92: Severity.P3,  # high single-bit ECC rate: monitor
-    94: Severity.P2,  # contained ECC error: restart the app, reset the GPU when convenient
-    95: Severity.P1,  # uncontained ECC error: reset the GPU
-    119: Severity.P1,  # GSP RPC timeout
-    120: Severity.P1,  # GSP error
-    140: Severity.P1,  # unrecovered ECC error escape
-}
-
-
-class GpuSettings(BaseModel):
-    """`host.gpu` in watchdog.yaml: what the GPU probe reads and what its detector judges."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(True, description="Probe the GPUs through NVML (quietly UNKNOWN without NVML)")
-    period_s: float = Field(15.0, gt=0, description="Seconds between device reads")
-    timeout_s: float = Field(10.0, gt=0, description="Deadline of one device read (NVML can hang)")
-    reinit_after_s: float = Field(
-        300.0, gt=0, description="Without NVML: retry init silently this often (driver loaded later)"
-    )
-    expected_count: int | None = Field(
-        None, ge=0, description="GPUs this host must have; fewer → gpu_not_visible P1 (None: not checked)"
-    )
-    list_processes: bool = Field(True, description="List compute processes (pid, used memory) per GPU")
-    memory_warn_percent: float = Field(
-        96.0,
-        gt=0,
-        le=100,
-        description="GPU memory used % → gpu_memory_pressure P3. vLLM preallocates "
-        "gpu_memory_utilization (0.9, 0.92 from 0.20) of each GPU, so this sits above that",
-    )
-    memory_high_percent: float = Field(98.5, gt=0, le=100, description="GPU memory used % → P2")
-    memory_for_s: float = Field(120.0, ge=0, description="Memory must stay over for this long")
-    memory_hysteresis_percent: float = Field(1.0, ge=0, description="Resolve once this far below")
-    temperature_c: float = Field(85.0, gt=0, description="GPU temperature (°C) → gpu_thermal P2")
-    temperature_for_s: float = Field(60.0, ge=0, description="Temperature must stay over for this long")
-    temperature_hysteresis_c: float = Field(3.0, ge=0, description="Resolve once this far below")
-    xid_events: bool = Field(True, description="Run the NVML event thread for critical Xid events")
-    xid_wait_ms: int = Field(1000, ge=10, le=60000, description="One nvmlEventSetWait timeout")
-    application_xids: list[int] = Field(
-        default_factory=lambda: list(APPLICATION_XIDS),
-        description="Xids caused by the application (GPU healthy): no gpu_xid incident, vLLM's own "
-        "crash detection handles them",
-    )
-    xid_severity: dict[int, Severity] = Field(
-        default_factory=lambda: dict(DEFAULT_XID_SEVERITY),
-        description="Severity per critical Xid (libraries.md §3.3); merged over the defaults",
-    )
-    default_xid_severity: Severity = Field(
-        Severity.P2, description="Severity of a critical Xid not listed in xid_severity"
-    )
-    xid_resolve_after_s: float = Field(
-        1800.0, gt=0, description="A gpu_xid incident resolves after this long without that Xid again"
-    )
-    max_events_buffered: int = Field(1000, ge=1, description="Events kept between two checks (storms)")
-
-    def severity_of_xid(self, xid: int) -> Severity | None:
-        """None for application Xids (not a GPU fault); else the configured or default severity."""
-        if xid in self.application_xids:
-            return None
-        merged = {**DEFAULT_XID_SEVERITY, **self.xid_severity}
-        return merged.get(xid, self.default_xid_severity)
-
 
 _FIELDS = (
     "name",

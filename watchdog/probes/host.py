@@ -16,31 +16,14 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from watchdog.clock import Clock, SystemClock
+from watchdog.config.host import HostMemorySettings
 from watchdog.model import ProbeResult, Status
 
 log = logging.getLogger(__name__)
 
 _UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
-
-
-class HostMemorySettings(BaseModel):
-    """`host.memory` in watchdog.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(True, description="Check host memory")
-    period_s: float = Field(10.0, gt=0, description="Seconds between reads of /proc/meminfo")
-    meminfo_path: Path = Field(Path("/proc/meminfo"), description="Where to read meminfo (tests, containers)")
-    threshold_percent: float = Field(
-        90.0, gt=0, le=100, description="Used % (MemTotal - MemAvailable) over this → host_memory_high P1"
-    )
-    for_s: float = Field(60.0, ge=0, description="The used % must stay over the threshold this long")
-    hysteresis_percent: float = Field(2.0, ge=0, description="Resolve once used % is this far below")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,49 +31,12 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
-from pydantic import BaseModel, ConfigDict, Field
 
 from watchdog.clock import Clock, SystemClock
+from watchdog.config.host import CertKeyPair, TlsSettings
 from watchdog.model import ProbeResult, Status
 
 DAY = 86400.0
-
-
-class CertKeyPair(BaseModel):
-    """An explicit certificate (and optional private key) to check, e.g. vLLM's --ssl-certfile/-keyfile."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cert: Path
-    key: Path | None = None
-
-
-class TlsSettings(BaseModel):
-    """`tls` (per target, for the served certificate) and `host.tls` (files) in watchdog.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(True, description="Check certificates")
-    period_s: float = Field(3600.0, gt=0, description="Seconds between checks (expiry moves slowly)")
-    timeout_s: float = Field(10.0, gt=0, description="Connect + handshake deadline for the served certificate")
-    warn_days: float = Field(14.0, gt=0, description="Days to expiry under this → cert_expiring P2")
-    critical_days: float = Field(3.0, gt=0, description="Days to expiry under this → cert_expiring P1")
-    check_endpoint: bool = Field(True, description="Check the certificate served on an https:// target")
-    ca_file: Path | None = Field(None, description="CA bundle to verify the served certificate (default: system)")
-    server_hostname: str | None = Field(None, description="Name to check instead of the base_url's host")
-    report_untrusted: bool = Field(
-        False, description="A served certificate that does not verify (self-signed …) → cert_invalid P2"
-    )
-    cert_dir: Path | None = Field(None, description="Directory of certificates/keys (the runbook's SSL_CERT_DIR)")
-    patterns: list[str] = Field(
-        default_factory=lambda: ["*.pem", "*.crt", "*.cer", "*.der", "*.key"],
-        description="File names in cert_dir that are checked",
-    )
-    cert_files: list[CertKeyPair] = Field(default_factory=list, description="Explicit cert/key pairs")
-    check_chain_certs: bool = Field(
-        False, description="Judge every certificate of a bundle file, not only the first (the leaf)"
-    )
-    max_file_bytes: int = Field(1 << 20, gt=0, description="Larger files are reported, not read")
 
 
 @dataclass(frozen=True, slots=True)

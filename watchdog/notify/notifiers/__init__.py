@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-from pydantic import Field, TypeAdapter, ValidationError
 
 from watchdog.clock import Clock, SystemClock
+from watchdog.config.loader import validate_section
+from watchdog.config.receivers import ReceiverSettings
 from watchdog.errors import ConfigError, Problem
 from watchdog.notify.notifiers.alertmanager import AlertmanagerNotifier, AlertmanagerReceiverConfig
 from watchdog.notify.notifiers.email import EmailNotifier, EmailReceiverConfig
@@ -25,20 +26,8 @@ from watchdog.notify.notifiers.log import LogNotifier, LogReceiverConfig
 from watchdog.notify.notifiers.pagerduty import PagerDutyNotifier, PagerDutyReceiverConfig
 from watchdog.notify.notifiers.slack import SlackNotifier, SlackReceiverConfig
 from watchdog.notify.notifiers.webhook import WebhookNotifier, WebhookReceiverConfig
-from watchdog.notify.render import ReceiverBase
-from watchdog.notify.routing import problems_from_validation
+from watchdog.notify.render import ReceiverBase, validate_template
 from watchdog.protocols import Notifier
-
-ReceiverSettings = Annotated[
-    WebhookReceiverConfig
-    | SlackReceiverConfig
-    | PagerDutyReceiverConfig
-    | AlertmanagerReceiverConfig
-    | EmailReceiverConfig
-    | LogReceiverConfig,
-    Field(discriminator="type"),
-]
-"""Discriminated union of every receiver config (field `type`); embed it in the config schema."""
 
 # name, cfg, client, clock, base_dir, source
 Factory = Callable[[str, Any, httpx.AsyncClient | None, Clock, Path | None, str], Notifier]
@@ -74,8 +63,6 @@ NOTIFIERS: dict[str, NotifierSpec] = {
     "log": NotifierSpec(LogReceiverConfig, lambda n, c, cl, ck, b, s: LogNotifier(n, c)),
 }
 
-_ADAPTER: TypeAdapter[ReceiverSettings] = TypeAdapter(ReceiverSettings)
-
 
 def parse_receiver(
     raw: Mapping[str, Any], *, file: str = "watchdog.yaml", where: str = "notify.receivers[0]"
@@ -86,16 +73,19 @@ def parse_receiver(
         known = ", ".join(sorted(NOTIFIERS))
         msg = f"unknown receiver type {kind!r}" if kind is not None else "receiver has no 'type'"
         raise ConfigError([Problem(file, None, f"{where}.type", msg, f"known: {known}")])
-    try:
-        return _ADAPTER.validate_python(dict(raw))
-    except ValidationError as exc:
-        problems = problems_from_validation(exc, file=file, prefix=where)
-        # Drop the discriminator tag pydantic puts into the location ("notify.receivers[0].slack.url_env").
-        cleaned = [
-            Problem(p.file, p.line, p.field.replace(f"{where}.{kind}.", f"{where}.", 1), p.message, p.fix)
-            for p in problems
-        ]
-        raise ConfigError(cleaned) from None
+    parsed: ReceiverSettings = validate_section(ReceiverSettings, dict(raw), file=file, prefix=_loc(where))
+    for err in validate_template(parsed.template) if parsed.template else []:
+        raise ConfigError([Problem(file, None, f"{where}.template", err, "fix the template")])
+    return parsed
+
+
+def _loc(where: str) -> tuple[str | int, ...]:
+    """`notify.receivers[3]` → ("notify", "receivers", 3)."""
+    out: list[str | int] = []
+    for part in where.replace("]", "").replace("[", ".").split("."):
+        if part:
+            out.append(int(part) if part.isdigit() else part)
+    return tuple(out)
 
 
 def build_notifier(

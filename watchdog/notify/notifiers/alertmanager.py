@@ -23,12 +23,12 @@ import base64
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import Field, field_validator, model_validator
 
 from watchdog.clock import Clock
+from watchdog.config.receivers import RESERVED_LABELS, AlertmanagerReceiverConfig
 from watchdog.model import Delivery, DeliveryOutcome, EventKind, Notification, Severity
 from watchdog.notify.notifiers.pagerduty import SEVERITY_MAP
 from watchdog.notify.notifiers.webhook import (
@@ -40,57 +40,7 @@ from watchdog.notify.notifiers.webhook import (
     rfc3339,
     transport_failure,
 )
-from watchdog.notify.render import ReceiverBase, cap_bytes, fmt_value
-
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-RESERVED_LABELS = ("alertname", "severity", "priority", "target", "instance", "kind", "fingerprint")
-
-
-class AlertmanagerReceiverConfig(ReceiverBase):
-    """Prometheus Alertmanager v2 API; several `urls` for an HA cluster."""
-
-    type: Literal["alertmanager"] = "alertmanager"
-    urls: list[str] = Field(min_length=1, description="Base URLs, e.g. http://alertmanager:9093 (one per HA peer)")
-    resolve_window_s: float = Field(
-        240.0, gt=0, description="endsAt = now + this while open; the dispatcher must re-send before it passes"
-    )
-    alertname_prefix: str = Field("VllmWatchdog", description="alertname = prefix + CamelCase(kind)")
-    instance: str | None = Field(None, description="instance label; default: labels.instance or this host's name")
-    labels: dict[str, str] = Field(default_factory=dict, description="Static labels added to every alert")
-    bearer_token_env: str | None = Field(None, description="Environment variable holding a bearer token")
-    bearer_token_file: Path | None = Field(None, description="File holding a bearer token")
-    basic_auth_username: str | None = Field(None, description="Basic-auth user name")
-    basic_auth_password_env: str | None = Field(None, description="Environment variable holding the password")
-    basic_auth_password_file: Path | None = Field(None, description="File holding the basic-auth password")
-    timeout_s: float = Field(10.0, gt=0, le=120, description="Deadline of one POST")
-    max_bytes: int = Field(16_000, ge=1024, description="Cap of the description annotation")
-
-    @field_validator("urls")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        for u in v:
-            if not u.startswith(("http://", "https://")):
-                raise ValueError(f"{u!r} must start with http:// or https://")
-        return v
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if not _LABEL_NAME.fullmatch(k):
-                raise ValueError(f"label name {k!r} must match [a-zA-Z_][a-zA-Z0-9_]*")
-            if k in RESERVED_LABELS:
-                raise ValueError(f"label {k!r} is set by the notifier")
-        return v
-
-    @model_validator(mode="after")
-    def _auth(self) -> AlertmanagerReceiverConfig:
-        has_pw = bool(self.basic_auth_password_env or self.basic_auth_password_file)
-        if bool(self.basic_auth_username) != has_pw:
-            raise ValueError("basic auth needs both basic_auth_username and basic_auth_password_env/_file")
-        if has_pw and (self.bearer_token_env or self.bearer_token_file):
-            raise ValueError("use either basic auth or a bearer token, not both")
-        return self
+from watchdog.notify.render import cap_bytes, fmt_value
 
 
 def alertname(prefix: str, kind: str) -> str:

@@ -22,55 +22,14 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field, model_validator
 
 from watchdog.clock import Clock, SystemClock
+from watchdog.config.receivers import EmailReceiverConfig
 from watchdog.model import Delivery, DeliveryOutcome, Notification
 from watchdog.notify.notifiers.webhook import Scrubber, optional_secret
-from watchdog.notify.render import ReceiverBase, build_message, fmt_value
+from watchdog.notify.render import build_message, compile_template, fmt_value
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
-_ADDR = re.compile(r"[^@\s<>]+@[^@\s<>]+")
-
-
-class EmailReceiverConfig(ReceiverBase):
-    """SMTP mail. The password is a secret: password_env/_file."""
-
-    type: Literal["email"] = "email"
-    host: str = Field(description="SMTP server host name")
-    port: int | None = Field(None, ge=1, le=65535, description="Default: 587 starttls, 465 ssl, 25 none")
-    security: Literal["starttls", "ssl", "none"] = Field("starttls", description="How the connection is encrypted")
-    username: str | None = Field(None, description="AUTH user name (with password_env/_file)")
-    password_env: str | None = Field(None, description="Environment variable holding the SMTP password")
-    password_file: Path | None = Field(None, description="File holding the SMTP password")
-    allow_insecure_auth: bool = Field(False, description="Permit AUTH with security: none (password in clear)")
-    from_addr: str = Field(description="Envelope and header From address")
-    to: list[str] = Field(min_length=1, description="Recipient addresses")
-    subject_prefix: str = Field("", description="Prepended to the subject, e.g. '[gpu-01] '")
-    ca_file: Path | None = Field(None, description="CA bundle to verify the server (default: system store)")
-    verify: bool = Field(True, description="Verify the server certificate and host name")
-    local_hostname: str | None = Field(None, description="Name sent in EHLO; default: this host's FQDN")
-    timeout_s: float = Field(30.0, gt=0, le=300, description="Socket timeout of each SMTP step")
-    max_bytes: int = Field(100_000, ge=1024, description="Cap of the body text")
-
-    @model_validator(mode="after")
-    def _check(self) -> EmailReceiverConfig:
-        has_pw = bool(self.password_env or self.password_file)
-        if bool(self.username) != has_pw:
-            raise ValueError("AUTH needs both username and password_env/password_file")
-        if has_pw and self.security == "none" and not self.allow_insecure_auth:
-            raise ValueError(
-                "AUTH over an unencrypted connection sends the password in clear: use security starttls or ssl "
-                "(or set allow_insecure_auth: true)"
-            )
-        for a in (self.from_addr, *self.to):
-            if not _ADDR.fullmatch(a.strip()):
-                raise ValueError(f"{a!r} is not an email address (user@domain)")
-        return self
-
-
 def _code_outcome(code: int) -> DeliveryOutcome:
     return DeliveryOutcome.RETRYABLE if 400 <= code < 500 else DeliveryOutcome.PERMANENT
 
@@ -101,7 +60,7 @@ class EmailNotifier:
             source=source,
         )
         self._scrub = Scrubber(self._password)
-        self._template = cfg.compiled_template()
+        self._template = compile_template(cfg)
         self._port = cfg.port or DEFAULT_PORTS[cfg.security]
         ca = cfg.ca_file
         if ca is not None and not ca.is_absolute() and base_dir is not None:

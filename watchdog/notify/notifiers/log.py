@@ -8,30 +8,18 @@ and never log anything but the notification (which carries no secret by contract
 
 from __future__ import annotations
 
-from typing import Literal
-
 import structlog
-from pydantic import Field
 
+from watchdog.config.receivers import LogReceiverConfig
 from watchdog.model import Delivery, DeliveryOutcome, Notification
-from watchdog.notify.render import ReceiverBase, build_message
-
-
-class LogReceiverConfig(ReceiverBase):
-    """The structured log (stdout/journal)."""
-
-    type: Literal["log"] = "log"
-    level: Literal["debug", "info", "warning", "error", "critical"] = Field(
-        "warning", description="Log level of the notification event"
-    )
-    max_bytes: int = Field(16_000, ge=256, description="Cap of the text logged")
+from watchdog.notify.render import build_message, compile_template
 
 
 class LogNotifier:
     def __init__(self, name: str, cfg: LogReceiverConfig) -> None:
         self.name = name
         self._cfg = cfg
-        self._template = cfg.compiled_template()
+        self._template = compile_template(cfg)
         self._log = structlog.get_logger("watchdog.notify")
 
     async def send(self, notification: Notification) -> Delivery:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import Field, field_validator, model_validator
 
 from watchdog.clock import Clock
+from watchdog.config.receivers import DEFAULT_PAGERDUTY_URL as DEFAULT_URL
+from watchdog.config.receivers import PagerDutyReceiverConfig
 from watchdog.model import Delivery, DeliveryOutcome, EventKind, Notification, Severity
 from watchdog.notify.notifiers.webhook import (
     HttpNotifierBase,
@@ -34,42 +35,12 @@ from watchdog.notify.notifiers.webhook import (
     safe_host,
     transport_failure,
 )
-from watchdog.notify.render import ReceiverBase, cap_bytes, cap_chars
+from watchdog.notify.render import cap_bytes, cap_chars
 from watchdog.secrets import resolve_secret
 
-DEFAULT_URL = "https://events.pagerduty.com/v2/enqueue"
 SEVERITY_MAP = {Severity.P0: "critical", Severity.P1: "error", Severity.P2: "warning", Severity.P3: "info"}
 SUMMARY_MAX = 1024
 DEDUP_MAX = 255
-
-
-class PagerDutyReceiverConfig(ReceiverBase):
-    """PagerDuty Events API v2. The integration (routing) key is a secret: routing_key_env/_file."""
-
-    type: Literal["pagerduty"] = "pagerduty"
-    routing_key_env: str | None = Field(None, description="Environment variable holding the integration key")
-    routing_key_file: Path | None = Field(None, description="File holding the integration key")
-    url: str = Field(DEFAULT_URL, description="Events API endpoint (change only for a proxy or tests)")
-    source: str | None = Field(None, description="payload.source; default: this host's name")
-    group: str | None = Field(None, description="payload.group, e.g. the cluster name")
-    timeout_s: float = Field(15.0, gt=0, le=120, description="Deadline of one delivery")
-    rate_limited_retry_s: float = Field(60.0, ge=0, description="Wait after a 429 that has no Retry-After")
-    max_bytes: int = Field(500_000, ge=4096, le=512_000, description="Cap of the JSON body (PagerDuty: 512 KB)")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("https://", "http://")):
-            raise ValueError("url must start with https:// (or http:// for a local proxy/test)")
-        return v
-
-    @model_validator(mode="after")
-    def _secret_given(self) -> PagerDutyReceiverConfig:
-        if bool(self.routing_key_env) == bool(self.routing_key_file):
-            raise ValueError(
-                "set exactly one of routing_key_env (environment variable name) or routing_key_file (path)"
-            )
-        return self
 
 
 def event_action(event: EventKind) -> str:

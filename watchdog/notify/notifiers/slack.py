@@ -15,12 +15,12 @@ host does). This module must never sleep, raise on a failed delivery, or log the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import Field, model_validator
 
 from watchdog.clock import Clock
+from watchdog.config.receivers import SECTION_MAX, SlackReceiverConfig
 from watchdog.model import Delivery, DeliveryOutcome, EventKind, Notification, Severity
 from watchdog.notify.notifiers.webhook import (
     HttpNotifierBase,
@@ -30,33 +30,14 @@ from watchdog.notify.notifiers.webhook import (
     safe_host,
     transport_failure,
 )
-from watchdog.notify.render import Message, ReceiverBase, cap_chars
+from watchdog.notify.render import Message, cap_chars
 from watchdog.secrets import resolve_secret
 
 SEVERITY_COLOR = {Severity.P0: "#d40e0d", Severity.P1: "#f2700c", Severity.P2: "#ecb22e", Severity.P3: "#439fe0"}
 RESOLVED_COLOR = "#2eb886"
 HEADER_MAX = 150  # Slack: header block plain_text
-SECTION_MAX = 3000  # Slack: section block text
 TEXT_MAX = 3000  # top-level text we send (Slack accepts up to 40,000)
 MAX_BLOCKS = 50
-
-
-class SlackReceiverConfig(ReceiverBase):
-    """Slack incoming webhook. The URL is a secret: give url_env or url_file."""
-
-    type: Literal["slack"] = "slack"
-    url_env: str | None = Field(None, description="Environment variable holding the incoming-webhook URL")
-    url_file: Path | None = Field(None, description="File holding the incoming-webhook URL")
-    min_interval_s: float = Field(1.0, ge=0, description="At most one message per this many seconds")
-    max_block_chars: int = Field(SECTION_MAX, ge=200, le=SECTION_MAX, description="Cap of one section's text")
-    timeout_s: float = Field(10.0, gt=0, le=120, description="Deadline of one delivery")
-    max_bytes: int = Field(30_000, ge=2048, description="Cap of the JSON body; sections shrink to fit")
-
-    @model_validator(mode="after")
-    def _secret_given(self) -> SlackReceiverConfig:
-        if bool(self.url_env) == bool(self.url_file):
-            raise ValueError("set exactly one of url_env (environment variable name) or url_file (path)")
-        return self
 
 
 def mrkdwn_escape(text: str) -> str:
