@@ -84,6 +84,7 @@ class IncidentKind(StrEnum):
     METRICS_UNAVAILABLE = "metrics_unavailable"
     DOCKER_UNREACHABLE = "docker_unreachable"
     WATCHDOG_INTERNAL = "watchdog_internal"
+    WATCHDOG_STATE_UNWRITABLE = "watchdog_state_unwritable"  # the state database cannot be written
 
 
 @dataclass(frozen=True, slots=True)
