@@ -55,7 +55,7 @@ from watchdog.model import (  # noqa: E402
     ProbeState,
 )
 
-EMULATOR = ROOT / "watchdog" / "emulator.py"
+EMULATOR = "-m, watchdog.emulator"  # YAML items after the interpreter; run from ROOT (cwd): no install needed
 TARGET = "bench-vllm"
 MODEL = "google/gemma-3-27b-it"
 HUNG_TARGET_S = 2.5
@@ -95,6 +95,7 @@ targets:
       type: process
       command: [{sys.executable}, {EMULATOR}, --port, "{port}", --model, {MODEL},
                 --startup-delay, "{startup_delay}", --control-file, {control}, --api-key, bench-key-0123456789]
+      cwd: {ROOT}
       stop_timeout_s: 2
     crash_loop_exits: 1000
     probes:

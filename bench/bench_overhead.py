@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EMULATOR = ROOT / "watchdog" / "emulator.py"
+EMULATOR = ["-m", "watchdog.emulator"]  # run from ROOT (cwd), with no install needed
 MODEL = "google/gemma-3-27b-it"
 CPU_TARGET_PCT = 1.0
 RSS_TARGET_MB = 80.0
@@ -65,7 +65,7 @@ def status_kb(pid: int, key: str) -> int:
 
 
 def emulator_argv(port: int, control: Path) -> list[str]:
-    return [sys.executable, str(EMULATOR), "--port", str(port), "--model", MODEL, "--startup-delay", "1.0",
+    return [sys.executable, *EMULATOR, "--port", str(port), "--model", MODEL, "--startup-delay", "1.0",
             "--control-file", str(control), "--api-key", "bench-key-0123456789"]
 
 
@@ -76,6 +76,7 @@ def config(work: Path, port: int, api_port: int, runtime: str) -> str:
         rt = f"""    runtime:
       type: process
       command: [{argv}]
+      cwd: {ROOT}
       env_file: {work / 'vllm.env'}
       stop_timeout_s: 3
 """
@@ -153,7 +154,7 @@ def main() -> int:
     try:
         if a.runtime == "none":
             emu = subprocess.Popen(emulator_argv(port, work / "fault.json"), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, env=env)
+                                   stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
         daemon = subprocess.Popen([*cmd, "run", "--config", str(work / "watchdog.yaml")], stdout=log,
                                   stderr=subprocess.STDOUT, env=env)
         base = f"http://127.0.0.1:{api_port}"

@@ -25,7 +25,7 @@ from typing import Any
 from watchdog.model import EventKind, IncidentEdge
 
 ROOT = Path(__file__).resolve().parent.parent
-EMULATOR = Path(__file__).resolve().parent / "emulator.py"
+EMULATOR = "-m, watchdog.emulator"  # YAML items after the interpreter; run from ROOT: the package the demo runs from
 
 
 def free_port() -> int:
@@ -104,6 +104,7 @@ targets:
       type: process
       command: [{sys.executable}, {EMULATOR}, --port, "{port}", --model, google/gemma-3-27b-it,
                 --startup-delay, "1.0", --control-file, {control}, --api-key, demo-key-0123456789]
+      cwd: {ROOT}
       env_file: {work / 'vllm.env'}
       stop_timeout_s: 3
     config_files:

@@ -121,12 +121,12 @@ class Emulator:
 
 def run_emulator(client: Any, name: str, *, port: int, ctl: Path, env: dict[str, str] | None = None,
                  mem_limit: str | None = None, startup_delay: float = 0.3, start: bool = True) -> Any:
-    """Create (and start) an emulator container: `python3 /app/watchdog/emulator.py` on the host runtime;
+    """Create (and start) an emulator container: `python3 -u -m watchdog.emulator` in /app on the host runtime;
     its vLLM settings come from the container's env, as with vLLM's own image and an env_file."""
-    cmd = [PY, "-u", "/app/watchdog/emulator.py", "--host", "127.0.0.1", "--port", str(port), "--model", MODEL,
+    cmd = [PY, "-u", "-m", "watchdog.emulator", "--host", "127.0.0.1", "--port", str(port), "--model", MODEL,
            "--control-file", "/ctl/fault.json", "--startup-delay", str(startup_delay)]
     kw: dict[str, Any] = {
-        "name": name, "network_mode": "host", "detach": True,
+        "name": name, "network_mode": "host", "detach": True, "working_dir": "/app",
         "volumes": {**runtime_mounts(), str(ctl): {"bind": "/ctl", "mode": "rw"}},
         "environment": env or {},
     }

@@ -1,4 +1,4 @@
-"""Run the vLLM emulator (`watchdog/emulator.py`) as a real subprocess on loopback, for tests.
+"""Run the vLLM emulator (the `watchdog.emulator` package) as a real subprocess on loopback, for tests.
 
     emu = start_emulator(None, "--api-key", "k", control_file=tmp_path / "fault.json")
     try:
@@ -12,6 +12,11 @@ The child's environment is hermetic: the variables the emulator reads (VLLM_API_
 GPU_MEMORY_UTILIZATION, MAX_NUM_SEQS, MAX_MODEL_LEN, VLLM_KEEP_ALIVE_ON_ENGINE_DEATH,
 VLLM_LOG_STATS_INTERVAL) are removed from the inherited environment unless given in `env`.
 stdout and stderr are captured together, line by line (`output()`, `wait_for_output()`).
+By default the child runs as the Docker tests' containers run it: `python -u -S -m watchdog.emulator` from
+the repository root, without site-packages, so every test also proves the emulator needs only the standard
+library; `entry="cli"` runs it through `python -m watchdog emulate` instead.
+
+The helpers at the end (`start`, `scrape`, `val`, `names`, `complete`) are shared by the test modules here.
 """
 
 from __future__ import annotations
@@ -30,9 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
-EMULATOR = ROOT / "watchdog" / "emulator.py"
+MODEL = "google/gemma-3-27b-it"
+ENTRIES: dict[str, list[str]] = {
+    "module": [sys.executable, "-u", "-S", "-m", "watchdog.emulator"],  # stdlib only, the repo root as cwd
+    "cli": [sys.executable, "-u", "-m", "watchdog", "emulate"],  # `vllm-watchdog emulate`
+}
 EMULATOR_ENV = ("VLLM_API_KEY", "GPU_MEMORY_UTILIZATION", "MAX_NUM_SEQS", "MAX_MODEL_LEN",
                 "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "VLLM_LOG_STATS_INTERVAL")
 
@@ -205,18 +215,17 @@ def write_control_file(path: Path | str, name: str, **params: Any) -> None:
 
 def start_emulator(port: int | None = None, *args: str, env: Mapping[str, str] | None = None,
                    control_file: Path | str | None = None, wait: bool = True, timeout: float = 15.0,
-                   host: str = "127.0.0.1", module: bool = False, verify: Any = True) -> EmulatorProcess:
+                   host: str = "127.0.0.1", entry: str = "module", verify: Any = True) -> EmulatorProcess:
     """Start the emulator on `host:port` (a free port when None) with extra CLI `args`.
 
     `wait`: return once the port listens (raises EmulatorExited if it ends first, e.g. a startup fault).
-    `module`: run it as `python -m watchdog.emulator` instead of `python watchdog/emulator.py`.
+    `entry`: "module" (`python -u -S -m watchdog.emulator`) or "cli" (`python -m watchdog emulate`).
     `verify`: TLS verification for the clients this harness makes (a CA path or SSLContext with --tls-cert)."""
     port = free_port(host) if port is None else port
     child_env = {k: v for k, v in os.environ.items() if k not in EMULATOR_ENV}
     child_env.update(env or {})
     child_env["PYTHONUNBUFFERED"] = "1"
-    cmd = [sys.executable, "-m", "watchdog.emulator"] if module else [sys.executable, str(EMULATOR)]
-    cmd += ["--host", host, "--port", str(port)]
+    cmd = [*ENTRIES[entry], "--host", host, "--port", str(port)]
     if control_file is not None:
         cmd += ["--control-file", str(control_file)]
     cmd += list(args)
@@ -232,3 +241,52 @@ def start_emulator(port: int | None = None, *args: str, env: Mapping[str, str] |
             emu.stop()
             raise
     return emu
+
+
+# ------------------------------------------------------------------------------ helpers for the test modules
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def start(procs: list[EmulatorProcess], *args: str, **kw: Any) -> EmulatorProcess:
+    """Start an emulator (kwargs as `start_emulator`), register it in `procs` for teardown, wait for it to listen."""
+    wait = kw.pop("wait", True)
+    emu = start_emulator(None, *args, wait=False, **kw)
+    procs.append(emu)
+    if wait:
+        emu.wait_listening(15)
+    return emu
+
+
+def scrape(emu: EmulatorProcess) -> Samples:
+    """GET /metrics, parsed by prometheus_client: {(sample name, labels): value}."""
+    with emu.client(auth=False) as c:
+        text = c.get("/metrics").text
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def val(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` whose labels include `labels` (at least one must exist)."""
+    hits = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)]
+    assert hits, f"no sample {name}{labels}"
+    return sum(hits)
+
+
+def names(samples: Samples) -> set[str]:
+    """The sample names scraped."""
+    return {n for n, _ in samples}
+
+
+def complete(c: httpx.Client, max_tokens: int | None = None, chat: bool = False, **kw: Any) -> httpx.Response:
+    """POST one (chat) completion for MODEL."""
+    body: dict[str, Any] = {"model": MODEL}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if chat:
+        body["messages"] = [{"role": "user", "content": "say hello to the watchdog"}]
+        return c.post("/v1/chat/completions", json=body, **kw)
+    body["prompt"] = "one two three four five"
+    return c.post("/v1/completions", json=body, **kw)

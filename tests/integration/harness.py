@@ -1,6 +1,6 @@
 """Integration harness: the WHOLE daemon, in-process, against the real emulator process on loopback.
 
-`Harness` writes a watchdog.yaml into a temp dir (process runtime spawning `watchdog/emulator.py` with a
+`Harness` writes a watchdog.yaml into a temp dir (process runtime spawning `python -m watchdog.emulator` with a
 control file and an env file, short probe timings, short-guard policies, a real local webhook receiver,
 `http.port: 0`), loads it with `watchdog.cli.load_all`, starts `Daemon` and always stops it. Conditions
 are polled with a bounded loop (`wait_for`), never a fixed sleep. It must never leave an emulator
@@ -28,7 +28,7 @@ from polling import until
 from watchdog.model import IncidentEdge
 
 ROOT = Path(__file__).resolve().parents[2]
-EMULATOR = ROOT / "watchdog" / "emulator.py"
+EMULATOR = [sys.executable, "-m", "watchdog.emulator"]
 MODEL = "google/gemma-3-27b-it"
 
 # Short-guard policies for the integration tests (seconds instead of minutes). Like the demo's, plus
@@ -238,7 +238,7 @@ class Harness:
             "api_key_file": str(self.key_file),
             "runtime": {
                 "type": "process",
-                "command": [sys.executable, str(EMULATOR), "--port", str(self.port), "--model", MODEL,
+                "command": [*EMULATOR, "--port", str(self.port), "--model", MODEL,
                             "--startup-delay", "0.3", "--control-file", str(self.control),
                             "--api-key", self.api_key],
                 "env_file": str(self.env_file),
