@@ -241,6 +241,7 @@ class Harness:
                 "command": [*EMULATOR, "--port", str(self.port), "--model", MODEL,
                             "--startup-delay", "0.3", "--control-file", str(self.control),
                             "--api-key", self.api_key],
+                "cwd": str(ROOT),  # `-m watchdog.emulator` runs this checkout's package, installed or not
                 "env_file": str(self.env_file),
                 "stop_timeout_s": 2,
             },
@@ -373,7 +374,7 @@ class Harness:
         return list(self.daemon.store.attempts(incident_id=incident_id, limit=500))
 
     async def ready(self) -> bool:
-        return bool(await self.daemon.verify_ready(self.daemon.targets["vllm"]))
+        return bool(await self.daemon.targets["vllm"].verify_ready())
 
     def healed(self, since_id: int) -> bool:
         """No incident opened after `since_id` is still open, and nothing is being remediated."""
