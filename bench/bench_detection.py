@@ -184,7 +184,7 @@ class Bench:
         while time.monotonic() < end:
             if (not d.store.open_incidents(TARGET) and not d.remediator.busy(TARGET)
                     and all(t.state == ProbeState.PASSING for t in tw.trackers.values())
-                    and await d.verify_ready(tw)):
+                    and await tw.verify_ready()):
                 await asyncio.sleep(1.0 + self.rng.random())  # a random phase of the 1 s probe period
                 return
             await asyncio.sleep(0.1)

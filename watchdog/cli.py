@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from watchdog import __version__
+from watchdog import __version__, logs_cli
 from watchdog.errors import ConfigError, Problem
+from watchdog.fleet import cli as fleet_cli
 
 DEFAULT_CONFIG = os.environ.get("VLLM_WATCHDOG_CONFIG", "/etc/vllm-watchdog/watchdog.yaml")
 REPO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
@@ -81,32 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         d = Daemon(cfg, ps, config_path=Path(args.config))
-
-        async def reload() -> None:
-            import structlog
-
-            log = structlog.get_logger("watchdog.reload")
-            if d.sd is not None and d.sd.enabled:
-                d.sd.reloading("reloading config")
-            try:
-                new_cfg, new_ps = load_all(args.config)
-            except ConfigError as e:
-                d.metrics.config_reloads.labels("rejected").inc()
-                log.error("reload rejected: keeping the running config", problems=[str(p) for p in e.problems])
-            else:
-                d.policies = new_ps
-                d.remediator.policies = new_ps
-                d.remediator.dry_run = new_cfg.remediation.dry_run
-                d.cfg.remediation = new_cfg.remediation
-                d.cfg.notify.repeat_interval_s = new_cfg.notify.repeat_interval_s
-                d.metrics.config_reloads.labels("ok").inc()
-                log.info("reloaded policies and remediation settings",
-                         policies=[p.name for p in new_ps.policies],
-                         note="target, probe and receiver changes need a restart")
-            if d.sd is not None and d.sd.enabled:
-                d.sd.ready("reloaded")
-
-        await d.run_forever(reload)
+        await d.run_forever(lambda: load_all(args.config))
 
     asyncio.run(main())
     return 0
@@ -177,7 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     doc = _get(url, "/status")
     source = "daemon"
     if doc is None:
-        from watchdog.daemon import incident_json
+        from watchdog.views import incident_json
 
         st = _store(db)
         doc = {"healthy": None, "reason": "daemon not reachable: read from the state database",
@@ -210,7 +186,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     url, db = _endpoint(args.config)
     items = _get(url, "/incidents")
     if items is None:
-        from watchdog.daemon import incident_json
+        from watchdog.views import incident_json
 
         items = [incident_json(i) for i in _store(db).incidents(limit=args.limit)]
     if args.open:
@@ -223,7 +199,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from watchdog.daemon import attempt_json
+    from watchdog.views import attempt_json
 
     _, db = _endpoint(args.config)
     st = _store(db)
@@ -239,7 +215,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from watchdog.daemon import attempt_json, incident_json
+    from watchdog.views import attempt_json, incident_json
 
     _, db = _endpoint(args.config)
     st = _store(db)
@@ -389,8 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     dr = so.add_parser("drop")
     dr.add_argument("ids", nargs="+", type=int)
     sub.add_parser("emulate", help="run the vLLM emulator (options after 'emulate' go to it)", add_help=False)
+    fleet_cli.add_parser(sub)
     p = sub.add_parser("demo", help="live demonstration against the emulator")
     p.add_argument("--fast", action="store_true", help="shorter timings")
+    logs_cli.add_parser(sub)
     try:
         from watchdog.install import add_install_parser
 
@@ -410,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cmds = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "incidents": cmd_incidents,
             "history": cmd_history, "explain": cmd_explain, "silence": cmd_silence, "outbox": cmd_outbox,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "logs": logs_cli.run}
+    cmds["fleet"] = fleet_cli.run
     if args.cmd == "install":
         from watchdog.install import run_install
 

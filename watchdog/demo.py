@@ -251,7 +251,7 @@ async def wait_ready(daemon: Any, limit_s: float) -> bool:
     tw = daemon.targets["demo-vllm"]
     end = time.monotonic() + limit_s
     while time.monotonic() < end:
-        if await daemon.verify_ready(tw):
+        if await tw.verify_ready():
             return True
         await asyncio.sleep(0.3)
     return False
@@ -267,7 +267,7 @@ async def wait_healed(daemon: Any, run: FaultRun, limit_s: float) -> bool:
         if run.until_action and run.until_action not in run.succeeded:
             continue
         if not (open_ids & run.incident_ids) and not daemon.remediator.busy("demo-vllm"):
-            if await daemon.verify_ready(daemon.targets["demo-vllm"]):
+            if await daemon.targets["demo-vllm"].verify_ready():
                 run.recovered_at = time.monotonic()
                 return True
     return False

@@ -42,6 +42,13 @@ class ProbeTracker:
         if self.state == ProbeState.FAILING:
             self.state = ProbeState.STARTING
 
+    def mark_down(self) -> None:
+        """The runtime says the process is gone: failures count as confirmed at once (no re-probe needed);
+        liveness and readiness are failing from now on."""
+        self.failures = self.timing.failure_threshold
+        if self.name in ("liveness", "readiness"):
+            self.state = ProbeState.FAILING
+
     def in_grace(self, now: float) -> bool:
         return not self.started and now < self.grace_until
 

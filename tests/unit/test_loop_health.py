@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 from watchdog.clock import FakeClock
 from watchdog.config import load_text
-from watchdog.daemon import Daemon, JobHealth
+from watchdog.daemon import Daemon
 from watchdog.remediation.policy import PolicySet
+from watchdog.scheduler import JobHealth
 
 
 def daemon(tmp_path: Path) -> tuple[Daemon, FakeClock]:
