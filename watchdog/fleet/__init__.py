@@ -7,7 +7,7 @@ This package must never import another stage package (probes, detectors, inciden
 notify): the composition root wires it in.
 """
 
-from watchdog.fleet.budget import Denied, DenyReason, DisruptionBudget, SlotGrant
+from watchdog.fleet.budget import DISRUPTIVE_ACTIONS, Denied, DenyReason, DisruptionBudget, SlotGrant
 from watchdog.fleet.coordinator import BREAKER_KIND, COORDINATION_KIND, FleetCoordinator, fleet_target, read_status
 from watchdog.fleet.kv import FleetKV, KeyValue, RangeResult
 from watchdog.fleet.settings import EtcdSettings, FailureMode, FleetSettings
@@ -16,6 +16,7 @@ from watchdog.fleet.view import Holder, OpenIncident
 __all__ = [
     "BREAKER_KIND",
     "COORDINATION_KIND",
+    "DISRUPTIVE_ACTIONS",
     "Denied",
     "DenyReason",
     "DisruptionBudget",

@@ -28,6 +28,9 @@ from watchdog.fleet.view import GroupView, Holder, Keys, parse_view
 
 log = structlog.get_logger("watchdog.fleet")
 
+# remediation actions that take a replica out of service: they need a slot (notify/escalate never wait)
+DISRUPTIVE_ACTIONS = frozenset({"restart", "stop", "recreate", "set_config", "rollback_config"})
+
 
 class DenyReason(StrEnum):
     """Why a disruptive step may not run now (shows up in the ledger, logs and the CLI)."""

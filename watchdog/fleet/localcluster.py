@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -34,6 +35,17 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """Client-facing TLS for the members: server cert/key, and the CA that client certs must chain to."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    client_cert: Path  # a client cert + key the health check presents
+    client_key: Path
+
+
 @dataclass
 class Member:
     """One etcd member: its name, ports, data dir and (while running) its process."""
@@ -44,10 +56,11 @@ class Member:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    scheme: str = "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -58,7 +71,7 @@ class LocalEtcdCluster:
     """N etcd members on loopback. `start()` is bounded by `start_timeout_s`; `close()` always cleans up."""
 
     def __init__(self, size: int = 3, *, binary: str = "etcd", start_timeout_s: float = 30.0,
-                 heartbeat_ms: int = 100, election_ms: int = 1000) -> None:
+                 heartbeat_ms: int = 100, election_ms: int = 1000, tls: ClientTls | None = None) -> None:
         path = shutil.which(binary)
         if path is None:
             raise FileNotFoundError(f"{binary!r} not found on PATH (Debian: apt-get install etcd-server)")
@@ -73,6 +86,10 @@ class LocalEtcdCluster:
             for i in range(size)
         ]
         self.token = f"vwd-{ports[0]}"
+        self.tls = tls
+        if tls is not None:
+            for m in self.members:
+                m.scheme = "https"
 
     @property
     def endpoints(self) -> list[str]:
@@ -88,6 +105,9 @@ class LocalEtcdCluster:
             "--initial-cluster-token", self.token,
             "--heartbeat-interval", str(self.heartbeat_ms), "--election-timeout", str(self.election_ms),
             "--logger", "zap", "--log-outputs", "stderr",
+            *([] if self.tls is None else [
+                "--cert-file", str(self.tls.cert_file), "--key-file", str(self.tls.key_file),
+                "--trusted-ca-file", str(self.tls.ca_file), "--client-cert-auth"]),
         ]
 
     def _spawn(self, m: Member, state: str) -> None:
@@ -113,12 +133,19 @@ class LocalEtcdCluster:
             m = pending[0]
             if m.proc is not None and m.proc.poll() is not None:
                 raise RuntimeError(f"etcd {m.name} exited with {m.proc.returncode}: {self.log_tail(m)}")
-            if _linearizable_ok(m.client_url):
+            if _linearizable_ok(m.client_url, self._ssl_context()):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
                 raise TimeoutError(f"etcd {m.name} not healthy in time: {self.log_tail(m)}")
             time.sleep(0.05)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.tls.ca_file))
+        ctx.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        return ctx
 
     def stop(self, m: Member) -> None:
         """Stop one member (SIGTERM, then SIGKILL after 5 s); its data dir stays so it can rejoin."""
@@ -156,11 +183,11 @@ class LocalEtcdCluster:
         self.close()
 
 
-def _linearizable_ok(url: str) -> bool:
+def _linearizable_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
     body = json.dumps({"key": "AA==", "limit": 1}).encode()  # key "\0": a cheap linearizable range
     req = urllib.request.Request(f"{url}/v3/kv/range", data=body, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=1.0) as resp:
+        with urllib.request.urlopen(req, timeout=1.0, context=ctx) as resp:
             return bool(resp.status == 200 and "header" in json.loads(resp.read()))
     except (OSError, ValueError):
         return False
