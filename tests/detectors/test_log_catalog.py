@@ -111,6 +111,18 @@ CASES: list[tuple[str, str, IncidentKind, bool]] = [
     ("huggingface_hub.errors.GatedRepoError: 401 Client Error. Cannot access gated repo for url "
      "https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct/resolve/main/config.json.",
      "hf_hub_error", IncidentKind.NOT_READY, False),
+    # older wordings (0.6.x V0, 0.8.x V1, PyTorch c10d NCCL)
+    ("vllm.engine.async_llm_engine.AsyncEngineDeadError: Task finished unexpectedly. This should never happen!",
+     "engine_dead_v0", IncidentKind.ENGINE_DEAD, True),
+    ("CRITICAL 11-04 12:53:11 launcher.py:72] AsyncLLMEngine has failed, terminating server process",
+     "engine_dead_v0", IncidentKind.ENGINE_DEAD, True),
+    ("ERROR 05-02 10:00:01 [core.py:387] EngineCore hit an exception: Traceback (most recent call last):",
+     "engine_dead_v1", IncidentKind.ENGINE_DEAD, True),
+    ("RuntimeError: NCCL error in: /pytorch/torch/csrc/distributed/c10d/NCCLUtils.hpp:268, unhandled cuda error "
+     "(run with NCCL_DEBUG=INFO for details), NCCL version 2.21.5", "nccl_error", IncidentKind.NCCL_TIMEOUT, False),
+    ("ncclUnhandledCudaError: Call to CUDA function failed.", "nccl_error", IncidentKind.NCCL_TIMEOUT, False),
+    ("ERROR 12-10 09:14:02 multiproc_worker_utils.py:120] Worker VllmWorkerProcess pid 215 died, exit code: -9",
+     "worker_died", IncidentKind.ENGINE_DEAD, True),
     # the application in front of vLLM
     ("2026-08-14 10:02:15 WARNING app: Circuit breaker is OPEN, rejecting request", "circuit_breaker_open",
      IncidentKind.CIRCUIT_BREAKER_OPEN, False),
@@ -178,23 +190,96 @@ def test_huge_line_is_bounded(catalog: LogCatalog) -> None:
     assert m is not None and len(m.line) <= 500
 
 
-def test_detector_first_occurrence_and_reset(catalog: LogCatalog) -> None:
-    """One finding per class until reset(); a second line of the same class is ignored; evidence is capped."""
+def test_detector_root_cause_owns_the_window_and_reset(catalog: LogCatalog) -> None:
+    """An OOM and the engine death it causes are one gpu_oom finding (the death is its evidence); a second
+    line of the class is ignored until reset(); evidence is capped."""
     d = LogDetector(catalog, "vllm")
     oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. " + "y" * 900
     lines = [LogLine("INFO all good"), LogLine(oom, at=5.0),
-             LogLine("(EngineCore_DP0 pid=9) ERROR [core.py:710] EngineCore encountered a fatal error."),
+             LogLine("(EngineCore_DP0 pid=9) ERROR 10-01 12:00:00 [core.py:710] EngineCore encountered a fatal error."),
              LogLine("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue."),
              LogLine(oom)]
     out = d.observe_lines(lines, 100.0)
-    assert [(f.kind, f.severity) for f in out] == [("gpu_oom", Severity.P0), ("engine_dead", Severity.P0)]
+    assert [(f.kind, f.severity) for f in out] == [("gpu_oom", Severity.P0)]
     f = out[0]
     assert f.target == "vllm" and f.active and f.source == "logs" and "gpu-memory-utilization" in f.remedy
     assert len(f.evidence["log_line"]) <= 500 and f.evidence["log_line"].startswith("torch.OutOfMemoryError")
     assert f.evidence["restart_helps"] is True and f.evidence["class"] == "runtime_oom"
+    assert f.evidence["line_index"] == 1
+    assert [(e["class"], e["line_index"]) for e in f.evidence["evidence_lines"]] == [
+        ("runtime_oom", 4), ("engine_crash", 2), ("engine_crash", 3)]
     assert d.observe_lines([LogLine(oom)], 101.0) == []
     d.reset()
     assert [x.kind for x in d.observe_lines([LogLine(oom)], 200.0)] == ["gpu_oom"]
+
+
+def test_wrapper_alone_is_reported(catalog: LogCatalog) -> None:
+    """A start-up failure whose root cause is not in the log is still reported (as startup_failed)."""
+    d = LogDetector(catalog, "vllm")
+    out = d.observe_lines([LogLine("RuntimeError: Engine core initialization failed. See root cause above.")], 1.0)
+    assert [(f.kind, f.evidence["class"], f.evidence["evidence_lines"]) for f in out] == [
+        ("not_ready", "startup_failed", [])]
+
+
+def test_better_root_in_a_later_read_of_the_same_window(catalog: LogCatalog) -> None:
+    """The wrapper read first is reported; the root cause read 2 s later opens its own finding, carrying the
+    wrapper as evidence; a later wrapper line of the window adds nothing."""
+    d = LogDetector(catalog, "vllm", window_s=120.0)
+    wrapper = LogLine("ERROR 05-02 10:00:31 [core.py:396] EngineCore failed to start.", at=1000.0)
+    root = LogLine("ERROR 05-02 10:00:31 [core.py:396] ValueError: No available memory for the cache blocks.",
+                   at=1000.1)
+    first = d.observe_lines([wrapper], 10.0)
+    second = d.observe_lines([root], 12.0)
+    third = d.observe_lines([LogLine("RuntimeError: Engine core initialization failed.", at=1001.0)], 14.0)
+    assert [f.evidence["class"] for f in first] == ["startup_failed"]
+    assert [f.evidence["class"] for f in second] == ["startup_config"]
+    assert [e["class"] for e in second[0].evidence["evidence_lines"]] == ["startup_failed"]
+    assert third == []
+
+
+def test_a_new_window_after_window_s(catalog: LogCatalog) -> None:
+    """Matches further apart than window_s are separate windows: a new class there is its own finding."""
+    d = LogDetector(catalog, "vllm", window_s=60.0)
+    a = d.observe_lines([LogLine("RuntimeError: CUDA error: an illegal memory access was encountered", at=0.0)], 1.0)
+    b = d.observe_lines([LogLine("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB", at=500.0)],
+                        2.0)
+    assert [f.kind for f in a] == ["cuda_error"] and [f.kind for f in b] == ["gpu_oom"]
+    assert b[0].evidence["evidence_lines"] == []
+
+
+def test_standalone_entries_are_never_grouped(catalog: LogCatalog) -> None:
+    """The app's circuit-breaker line (no precedence) is its own finding beside a vLLM crash window."""
+    d = LogDetector(catalog, "app")
+    out = d.observe_lines([LogLine("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1 GiB"),
+                           LogLine("2026-08-14 10:02:15 WARNING app.llm: Circuit breaker is OPEN, rejecting")], 1.0)
+    assert sorted(f.kind for f in out) == ["circuit_breaker_open", "gpu_oom"]
+
+
+@pytest.mark.parametrize("line", [
+    "(APIServer pid=1) INFO 08-14 10:01:00 [logger.py:43] Received request chatcmpl-1: prompt: 'torch.OutOfMemoryError: "
+    "CUDA out of memory. Tried to allocate 2 GiB', params: SamplingParams(n=1), prompt_token_ids: None.",
+    "INFO 12-10 09:05:12 logger.py:37] Received request cmpl-2: prompt: 'RuntimeError: CUDA error: uncorrectable ECC "
+    "error encountered', params: SamplingParams(n=1)",
+    "(APIServer pid=1) INFO 09-03 11:02:09 [logger.py:110] Generated response chatcmpl-3: output: 'EngineCore "
+    "encountered a fatal error.', finish_reason: stop",
+    "(APIServer pid=1) DEBUG 09-03 11:02:00 [logger.py:60] Request chatcmpl-4 details: prompt: 'RuntimeError: No CUDA "
+    "GPUs are available', prompt_token_ids: [1], prompt_embeds shape: None.",
+    "Received request cmpl-5: prompt: 'KeyboardInterrupt: terminated', params: SamplingParams(n=1)",
+])
+def test_request_echoes_are_never_evidence(catalog: LogCatalog, line: str) -> None:
+    """vLLM's request/response logging matches nothing, whatever failure text the prompt or output quotes."""
+    assert catalog.classify(line) is None
+
+
+@pytest.mark.parametrize("line", [
+    "2026-10-01 12:06:00,120 INFO app.chat: user asked why vLLM prints RuntimeError: No CUDA GPUs are available",
+    "(APIServer pid=1) WARNING 10-01 12:00:21 [cuda.py:240] if you see CUDA out of memory errors lower the utilization",
+    "(APIServer pid=1) INFO 10-01 12:00:00 [serving.py:10] the note said KeyboardInterrupt: terminated earlier",
+    "    raise EngineDeadError()",
+])
+def test_patterns_are_anchored_to_the_line_shape(catalog: LogCatalog, line: str) -> None:
+    """A failure wording inside free text (not where the emitting component's message starts) matches nothing."""
+    assert catalog.classify(line) is None
 
 
 def test_override_replaces_and_extends(tmp_path: Path) -> None:
