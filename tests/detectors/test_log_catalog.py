@@ -256,8 +256,8 @@ def test_standalone_entries_are_never_grouped(catalog: LogCatalog) -> None:
 
 
 @pytest.mark.parametrize("line", [
-    "(APIServer pid=1) INFO 08-14 10:01:00 [logger.py:43] Received request chatcmpl-1: prompt: 'torch.OutOfMemoryError: "
-    "CUDA out of memory. Tried to allocate 2 GiB', params: SamplingParams(n=1), prompt_token_ids: None.",
+    "(APIServer pid=1) INFO 08-14 10:01:00 [logger.py:43] Received request chatcmpl-1: prompt: 'torch.OutOfMemoryError"
+    ": CUDA out of memory. Tried to allocate 2 GiB', params: SamplingParams(n=1), prompt_token_ids: None.",
     "INFO 12-10 09:05:12 logger.py:37] Received request cmpl-2: prompt: 'RuntimeError: CUDA error: uncorrectable ECC "
     "error encountered', params: SamplingParams(n=1)",
     "(APIServer pid=1) INFO 09-03 11:02:09 [logger.py:110] Generated response chatcmpl-3: output: 'EngineCore "
