@@ -132,6 +132,15 @@ def server_tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     return ctx
 
 
+def tls_from(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    """The endpoint's TLS context from `http.tls`: None when neither file is set; both or an error."""
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise WatchdogError("http.tls: set both cert_file and key_file (or neither)")
+    return server_tls_context(cert_file, key_file)
+
+
 class HttpError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import structlog
 
 from watchdog import __version__
 from watchdog.adapters.sdnotify import SdNotifier, WatchdogPinger
-from watchdog.api import HttpServer, json_response
+from watchdog.api import HttpServer, json_response, tls_from
 from watchdog.clock import Clock, SystemClock
 from watchdog.config.models import TargetConfig, WatchdogConfig
 from watchdog.extras import host_extras, target_extras
@@ -43,6 +43,7 @@ from watchdog.secrets import resolve_secret
 from watchdog.store import Store
 from watchdog.views import Views
 from watchdog.watch import Extra, TargetWatch, build_target, run_extra
+from watchdog.web import WebApp, load_token
 
 log = structlog.get_logger("watchdog.daemon")
 
@@ -93,6 +94,7 @@ class Daemon:
         self.scheduler: Scheduling | None = None
         self.targets: dict[str, TargetWatch] = {}
         self.http_server: HttpServer | None = None
+        self.web: WebApp | None = None
         self.notify_client = httpx.AsyncClient(trust_env=False, timeout=15.0)
         self.remediator = Remediator(
             store=self.store, incidents=self.incidents, policies=policies, clock=self.clock,
@@ -129,6 +131,8 @@ class Daemon:
             self.on_edge(edge)
         if self.pipeline is not None:
             self.pipeline.submit(edge)
+        if self.web is not None:
+            self.web.poke()  # the open status pages see it now
         if edge.event in (EventKind.OPENED, EventKind.ESCALATED) and edge.incident.target in self.targets:
             self.kick(edge.incident.target)
 
@@ -185,6 +189,36 @@ class Daemon:
             if self.pipeline is not None:
                 self.pipeline.resend(edge, am)
 
+    # ------------------------------------------------------------------ web controls (web.protocols.Controls)
+    def runtime_state(self, target: str) -> dict[str, Any] | None:
+        tw = self.targets.get(target)
+        st = tw.runtime_state if tw is not None else None
+        return None if st is None else {"state": st.state.value, "pid": st.pid, "restart_count": st.restart_count,
+                                        "exit_code": st.exit_code, "started_at": st.started_at, "detail": st.detail}
+
+    def ingest(self, findings: Sequence[Finding]) -> None:
+        self.apply_findings(list(findings))
+
+    def acknowledge(self, incident_id: int) -> None:
+        self.store.put(f"acked:{incident_id}", self.clock.time())  # notify/repeat.py skips its repeats
+
+    def outbox_changed(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake.set()
+
+    async def run_step(self, incident_id: int, step: str | None) -> dict[str, Any]:
+        """Evaluate the incident's target now (guards still apply); `step` must name the next action."""
+        inc = self.store.incident(incident_id)
+        if inc is None:
+            return {"allowed": False, "reason": "NO_INCIDENT", "detail": f"no incident #{incident_id}"}
+        policy, idx, v = self.remediator.decide(inc, self.clock.time())
+        nxt = policy.steps[idx].action if policy is not None and idx < len(policy.steps) else None
+        if step is not None and step != nxt:
+            return {"allowed": False, "reason": "NOT_NEXT_STEP", "detail": f"the next step is {nxt}", "action": nxt}
+        if v.allowed:
+            v = await self.remediator.evaluate(inc.target) or v
+        return {"allowed": v.allowed, "reason": v.reason.value, "detail": v.detail, "action": nxt}
+
     async def handle_http(self, path: str) -> tuple[int, str, bytes]:
         return self.views.route(path, json_response)
 
@@ -217,10 +251,14 @@ class Daemon:
         self._schedule_jobs(self.scheduler)
         self._bg.append(asyncio.create_task(self.dispatcher.run(self.stop_event), name="outbox"))
         if self.cfg.http.enabled:
-            self.http_server = HttpServer(self.handle_http, self.cfg.http.listen, self.cfg.http.port)
+            h, token = self.cfg.http, load_token(self.cfg.auth)
+            self.web = WebApp(views=self.views, controls=self, store=self.store, clock=self.clock, token=token,
+                              ingress=h.alertmanager)
+            self.http_server = HttpServer(self.handle_http, h.listen, h.port, app=self.web, token=token is not None,
+                                          tls=tls_from(h.tls.cert_file, h.tls.key_file), max_body=h.max_body_bytes)
             port = await self.http_server.start()
             (self.cfg.state_dir / "http.port").write_text(f"{port}\n")  # for the CLI when port is 0
-            log.info("http endpoint", url=f"http://{self.cfg.http.listen}:{port}")
+            log.info("http endpoint", url=f"{self.http_server.scheme}://{h.listen}:{port}", writes=token is not None)
         resumed = self.remediator.resume()
         if resumed:
             log.info("resumed unfinished remediations", attempts=[a.id for a in resumed])

@@ -25,7 +25,7 @@ from watchdog.config.models import TargetConfig
 from watchdog.detectors.health import HealthDetector
 from watchdog.detectors.logs import LogCatalog, LogDetector
 from watchdog.metrics import WatchdogMetrics
-from watchdog.model import Finding, ProbeResult, ProbeState, RuntimeEvent, Status
+from watchdog.model import Finding, ProbeResult, ProbeState, RuntimeEvent, RuntimeState, Status
 from watchdog.probes.http import CanaryProbe, LivenessProbe, ReadinessProbe
 from watchdog.probing import ProbeTracker
 from watchdog.protocols import Detector, Probe, Runtime
@@ -82,6 +82,7 @@ class TargetWatch:
     observers: list[Detector] = field(default_factory=list)  # also fed liveness/readiness/canary results
     line_observers: list[Any] = field(default_factory=list)  # also fed the server's log lines
     ready_since: float | None = None
+    runtime_state: RuntimeState | None = None  # last seen by runtime_job (shown on the status page)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     on_probe_failure: Callable[[str, ProbeResult], None] | None = None
 
@@ -201,6 +202,7 @@ class TargetWatch:
             try:
                 async with asyncio.timeout(30):
                     st = await self.runtime.state()
+                self.runtime_state = st
                 self.host.apply_findings(self.health.on_runtime_state(st, self.clock.monotonic()))
                 self.soak_known_good()
             except Exception as e:

@@ -28,7 +28,7 @@ def due_repeats(store: Store, now: float, *, every_s: float, alertmanager: bool,
         last = store.get(f"notified:{inc.id}")
         if last is None:
             continue
-        if now - float(last) >= every_s:
+        if now - float(last) >= every_s and not store.get(f"acked:{inc.id}"):  # acknowledged: no repeats
             why = f"still open after {int(now - inc.opened_at)} s"
             out.repeat.append(IncidentEdge(EventKind.REPEAT, inc, {"reason": why}))
         elif alertmanager:
