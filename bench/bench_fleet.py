@@ -6,7 +6,9 @@
    correlated fault; each takes a slot, runs a fake "restart + verify" of a fixed duration, reports
    healthy and releases, with max_disrupted 25% → all healed within 4 x single-replica recovery + 10 s,
    and never more than 5 slots held at once (from the hosts' own grant/release instants, and from a
-   sampler reading the slot keys every 20 ms).
+   sampler reading the slot keys every 20 ms);
+3. failures (reported, no target): a holder that stops refreshing its lease → time until the next host
+   gets the slot; two of three members stopped → time for a fail_closed acquire to deny.
 
 The breaker is set to 100% here (a correlated fault on every replica is exactly what the breaker stops);
 the breaker has its own tests in tests/fleet. Usage: python bench/bench_fleet.py [--rounds 200]
@@ -146,13 +148,47 @@ async def single(endpoints: list[str], restart_s: float) -> float:
         await close([c])
 
 
+async def failures(cluster: LocalEtcdCluster) -> dict[str, Any]:
+    """A holder that stops refreshing its lease (as a SIGKILLed watchdog): how long until the next host gets
+    the slot (TTL 4 s). Then two of three members stopped: how long a fail_closed acquire takes to deny."""
+    ttl = 4
+
+    def mk(host: str) -> FleetCoordinator:
+        s = FleetSettings.model_validate({"etcd": {"endpoints": cluster.endpoints, "timeout_s": 1.0},
+                                          "group": "bench-fail", "host": host, "lease_ttl_s": ttl,
+                                          "retry_s": 0.05, "mode": "fail_closed"})
+        return FleetCoordinator(s, EtcdKV(cluster.endpoints, timeout_s=1.0))
+
+    dead, nxt = mk("dead"), mk("next")
+    try:
+        g = await dead.budget.acquire("vllm", "restart", None)
+        assert isinstance(g, SlotGrant) and g._task is not None
+        g._task.cancel()  # stops refreshing, never releases
+        t0 = time.monotonic()
+        g2 = await nxt.budget.acquire_waiting("vllm", "restart", None, timeout_s=ttl + 10)
+        freed = time.monotonic() - t0
+        assert isinstance(g2, SlotGrant)
+        await g2.release()
+        cluster.stop(cluster.members[1])
+        cluster.stop(cluster.members[2])
+        t1 = time.monotonic()
+        d = await nxt.budget.acquire("vllm", "restart", None)
+        deny = time.monotonic() - t1
+        assert not isinstance(d, SlotGrant)
+    finally:
+        await close([dead, nxt])
+    return {"lease_ttl_s": ttl, "slot_freed_after_holder_died_s": round(freed, 2),
+            "fail_closed_denial_without_quorum_s": round(deny, 2), "denial": str(d)[:80]}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with LocalEtcdCluster(3, start_timeout_s=60) as cluster:
         lat = await bench_latency(cluster.endpoints, args.rounds)
         one = await single(cluster.endpoints, args.restart_s)
         sim = await simulate(cluster.endpoints, "bench-sim", args.hosts, args.restart_s)
+        fail = await failures(cluster)
     limit_s = 4 * one + 10
-    return {"latency": lat, "single_recovery_s": round(one, 2), "simulation": sim,
+    return {"latency": lat, "single_recovery_s": round(one, 2), "simulation": sim, "failures": fail,
             "targets": {"acquire_release_median_ms<=20": lat["acquire_release_ms_median"] <= 20,
                         f"total_s<={limit_s:.1f}": sim["total_s"] <= limit_s,
                         "max_concurrent<=5": max(sim["max_concurrent_hosts"], sim["max_slots_seen_in_etcd"]) <= 5}}
@@ -179,6 +215,10 @@ def main() -> int:
         print(f"{sim['hosts']} hosts, correlated fault, max_disrupted 25% (= {sim['slot_limit']} slots): "
               f"all healed in {sim['total_s']} s; max concurrent {sim['max_concurrent_hosts']} "
               f"(hosts' own timestamps), {sim['max_slots_seen_in_etcd']} (slot keys sampled in etcd)")
+        f = res["failures"]
+        print(f"holder died (TTL {f['lease_ttl_s']} s): next host got the slot after "
+              f"{f['slot_freed_after_holder_died_s']} s; two of three members down: fail_closed denied in "
+              f"{f['fail_closed_denial_without_quorum_s']} s ({f['denial']})")
         for k, ok in res["targets"].items():
             print(f"  {'PASS' if ok else 'FAIL'} {k}")
     return 0 if all(res["targets"].values()) else 1
