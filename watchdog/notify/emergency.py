@@ -44,7 +44,7 @@ async def emergency_notify(
     """Send `notification` straight to every notifier, bypassing the outbox (no database needed); log it at
     error level first. Returns each receiver's delivery (a timeout or an exception is RETRYABLE)."""
     log.error(notification.title, incident_kind=notification.kind, severity=notification.severity.value,
-              event=notification.event.value, summary=notification.summary, notification_id=notification.id,
+              edge=notification.event.value, summary=notification.summary, notification_id=notification.id,
               receivers=sorted(notifiers))
 
     async def one(n: Notifier) -> Delivery:
@@ -102,7 +102,8 @@ class StorageAlarm:
     async def check(self) -> None:
         now_m = self.clock.monotonic()
         if self.health.degraded:
-            if now_m - (self.health.since or now_m) < self.min_outage_s:
+            since = self.health.since if self.health.since is not None else self.health.monotonic()
+            if self.health.monotonic() - since < self.min_outage_s:
                 return
             if self.opening is None:
                 self.opening = state_unwritable_notification(

@@ -161,14 +161,17 @@ class StoreBase:
         self.db.backup(mem)
         incidents = mem.execute("SELECT COUNT(*) FROM incidents").fetchone()[0]
         pending = mem.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0]
-        self.db.close()  # ours is the last connection to the old inode: its -wal/-shm go with it
+        # SQLite keeps the -wal of a database whose file was unlinked or renamed, and would replay it into
+        # whatever file is at the path next: empty it into our (old) inode first, then move or remove it
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
         aside: Path | None = None
         if current is not None:
             aside = self.path.with_name(f"{self.path.name}.replaced-{int(self.wall())}")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    os.replace(src, Path(f"{aside}{suffix}"))
+            os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)  # ours, emptied above
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fresh = sqlite3.connect(str(self.path), isolation_level=None)
