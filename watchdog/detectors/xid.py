@@ -127,9 +127,10 @@ def parse_xid(line: str) -> XidEvent | None:
     m = _XID.search(line)
     if m is not None:
         pid = m.group("pid")
+        name = (m.group("name") or "").strip()
         return XidEvent(normalize_bus_id(m.group("bus")) or m.group("bus").lower(), int(m.group("code")),
-                        int(pid) if pid and pid.isdigit() else None, (m.group("name") or "").strip() or None,
-                        m.group("detail").strip())
+                        int(pid) if pid and pid.isdigit() else None,
+                        None if name in ("", "<unknown>", "'<unknown>'") else name, m.group("detail").strip())
     f = _FALLEN.search(line)
     if f is not None:
         return XidEvent(normalize_bus_id(f.group("bus")) or f.group("bus").lower(), 79, None, None,
