@@ -47,6 +47,23 @@ def url_problem(url: str, *, secret_field: str = "url_env or url_file") -> str |
     return None
 
 
+def secret_url_problem(url: str) -> str | None:
+    """Why a URL read from a secret (`url_env` / `url_file`) cannot be used (None when it can). Credentials
+    are allowed there (that is where they belong); the text never repeats the URL."""
+    if not url.startswith(("http://", "https://")):
+        return "the URL does not start with http:// or https://"
+    if any(c.isspace() for c in url):
+        return "the URL contains white space"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return "the URL is not valid (bad host or port)"
+    if not parts.hostname:
+        return "the URL has no host name"
+    return None
+
+
 def header_problem(name: str, *, secret_field: str = "secret_headers") -> str | None:
     """Why header `name` cannot have a plain value in a config file (None when it can)."""
     if name.lower() in SECRET_HEADERS:
@@ -62,4 +79,11 @@ def check_url(url: str, *, secret_field: str = "url_env or url_file") -> str:
     return url
 
 
-__all__ = ["SECRET_HEADERS", "SECRET_QUERY_KEYS", "check_url", "header_problem", "url_problem"]
+__all__ = [
+    "SECRET_HEADERS",
+    "SECRET_QUERY_KEYS",
+    "check_url",
+    "header_problem",
+    "secret_url_problem",
+    "url_problem",
+]

@@ -21,6 +21,8 @@ import httpx
 
 from watchdog.clock import Clock
 from watchdog.config.receivers import SECTION_MAX, SlackReceiverConfig
+from watchdog.config.urls import secret_url_problem
+from watchdog.errors import ConfigError, Problem
 from watchdog.model import Delivery, DeliveryOutcome, EventKind, Notification, Severity
 from watchdog.notify.notifiers.webhook import (
     HttpNotifierBase,
@@ -90,6 +92,10 @@ class SlackNotifier(HttpNotifierBase):
         url = resolve_secret(
             cfg.url_env, cfg.url_file, field=f"notify.receivers.{name}.url", base_dir=base_dir, source=source
         )
+        bad_url = secret_url_problem(url.reveal())
+        if bad_url is not None:
+            src = f"notify.receivers.{name}.url_env" if cfg.url_env else f"notify.receivers.{name}.url_file"
+            raise ConfigError([Problem(source, None, src, bad_url, "fix the URL the secret holds")])
         super().__init__(name, cfg, timeout_s=cfg.timeout_s, client=client, clock=clock)
         self._url = url.reveal()
         self._scrub.add(url)
