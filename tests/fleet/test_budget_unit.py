@@ -163,3 +163,20 @@ async def test_breaker_needs_min_targets() -> None:
     await c.beat()
     assert isinstance(await c.budget.acquire("vllm", "restart", 1), SlotGrant)
     assert found == []
+
+
+async def test_dead_host_vanishes_from_the_group_after_ttl() -> None:
+    """A host that stops its heartbeat without leaving disappears from fleet status once its lease expires."""
+    clock = FakeClock()
+    kv = FakeKV(clock)
+    dead, alive = coord(kv, "dead"), coord(kv, "alive")
+    for c in (dead, alive):
+        c.report("vllm", healthy=True, status="ok")
+        await c.beat()
+    assert [h["host"] for h in (await alive.fleet_status())["hosts"]] == ["alive", "dead"]
+    clock.advance(4)
+    await alive.beat()  # only "alive" keeps its lease
+    clock.advance(4)
+    await alive.beat()
+    assert [h["host"] for h in (await alive.fleet_status())["hosts"]] == ["alive"]
+    assert alive.last_group_size == 1
