@@ -38,13 +38,17 @@ def load_all(config: str) -> tuple[Any, Any]:
 
     problems: list[Problem] = []
     cfg = load_file(config)
-    files = cfg.remediation.policy_files or default_policy_files()
-    try:
-        ps = load_policies(files)
+    try:  # the shipped policies, with the user's files merged over them by name
+        ps = load_policies(cfg.remediation.policy_files, shipped=default_policy_files()[0],
+                           defaults=cfg.remediation.defaults)
     except ConfigError as e:
         raise ConfigError(e.problems) from None
     targets = {t.name: {c.name for c in t.config_files} for t in cfg.targets}
-    problems.extend(cross_check(ps, targets=targets, receivers={r.name for r in cfg.notify.receivers}))
+    runtimes = {t.name: (t.runtime.type if t.runtime is not None else None) for t in cfg.targets}
+    receivers = {r.name for r in cfg.notify.receivers if r.name}
+    found = cross_check(ps, targets=targets, receivers=receivers, runtimes=runtimes)
+    problems.extend(p for p in found if p.severity != "warning")
+    ps.warnings.extend(p for p in found if p.severity == "warning")  # steps skipped per target: `check` tells
     try:
         from watchdog.notify.receivers import check_notify
 
@@ -93,6 +97,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg, ps = load_all(args.config)
     except ConfigError as e:
         return _print_problems(e)
+    for w in ps.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"{args.config}: ok — {len(cfg.targets)} target(s), {len(ps.policies)} polic(ies) from "
           f"{', '.join(ps.files)}, {len(cfg.notify.receivers)} receiver(s)")
     return 0
@@ -237,13 +243,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for ev in doc["history"]:
         d = ev["detail"]
         if ev["event"] == "verdict":
-            verb = "ran" if d.get("allowed") else "did not run"
+            verb = "skipped" if d.get("reason") == "STEP_SKIPPED" else "ran" if d.get("allowed") else "did not run"
             line = f"policy {d.get('policy')} step {int(d.get('step', 0)) + 1} {verb}: {d.get('reason')}"
             if d.get("detail"):
                 line += f" — {d['detail']}"
+            if d.get("ladder"):
+                line += f" [ladder: {d['ladder']}]"
         else:
             line = ev["event"] + (": " + ", ".join(f"{k}={v}" for k, v in d.items()) if d else "")
         print(f"  {_ts(ev['at'])}  {line}")
+    if not any(ev["event"] == "verdict" for ev in doc["history"]):
+        print("  no remediation verdict yet: nothing ran (the daemon has not evaluated this incident; "
+              "`vllm-watchdog status` says whether it runs)")
     return 0
 
 

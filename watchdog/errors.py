@@ -17,6 +17,7 @@ class Problem:
     field: str
     message: str
     fix: str = ""
+    severity: str = "error"  # "warning": reported by `check`, never stops a load (e.g. a step skipped per target)
 
     def __str__(self) -> str:
         loc = f"{self.file}:{self.line}" if self.line is not None else self.file

@@ -7,7 +7,7 @@ the composition root passes the edges on to remediation and notification.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from watchdog.metrics import WatchdogMetrics
@@ -15,7 +15,9 @@ from watchdog.model import EventKind, Finding, Incident, IncidentEdge, IncidentK
 from watchdog.store import Store
 
 # Kinds that describe the health of the vLLM server itself: they resolve when the server is verified
-# ready again (after a remediation, or on a readiness fail→pass transition).
+# ready again (after a remediation, or on a readiness fail→pass transition) — unless a probe that reported
+# them still fails (`keep`). Not here: crash_loop (the health detector resolves it after the target stayed
+# healthy for its window), operator_stopped (resolves when the target runs again), saturated (canary).
 HEALTH_KINDS: frozenset[str] = frozenset(
     k.value
     for k in (
@@ -30,14 +32,13 @@ HEALTH_KINDS: frozenset[str] = frozenset(
         IncidentKind.CUDA_ERROR,
         IncidentKind.NCCL_TIMEOUT,
         IncidentKind.PORT_CONFLICT,
-        IncidentKind.CRASH_LOOP,
         IncidentKind.GPU_NOT_VISIBLE,
     )
 )
 
 
 class IncidentManager:
-    """Applies findings to the store and returns the resulting edges."""
+    """Applies findings to the store and returns the resulting edges (satisfies protocols.IncidentLedger)."""
 
     def __init__(self, store: Store, metrics: WatchdogMetrics | None = None) -> None:
         self.store = store
@@ -105,13 +106,15 @@ class IncidentManager:
             return IncidentEdge(EventKind.ESCALATED, inc, {"from": cur.severity.value, "reason": reason})
 
     def resolve_health(
-        self, target: str, now: float, reason: str, *, opened_before: float | None = None
+        self, target: str, now: float, reason: str, *, opened_before: float | None = None,
+        keep: Collection[str] = (),
     ) -> list[IncidentEdge]:
-        """Resolve every open server-health incident of `target` (the server is verified ready)."""
+        """Resolve the open server-health incidents of `target` (the server is verified ready), except the
+        kinds in `keep`: a probe that reported them still fails (HealthDetector.held_kinds)."""
         edges: list[IncidentEdge] = []
         with self.store.tx():
             for inc in self.store.open_incidents(target):
-                if inc.kind not in HEALTH_KINDS:
+                if inc.kind not in HEALTH_KINDS or inc.kind in keep:
                     continue
                 if opened_before is not None and inc.opened_at > opened_before:
                     continue

@@ -85,6 +85,8 @@ class IncidentKind(StrEnum):
     DOCKER_UNREACHABLE = "docker_unreachable"
     WATCHDOG_INTERNAL = "watchdog_internal"
     WATCHDOG_STATE_UNWRITABLE = "watchdog_state_unwritable"  # the state database cannot be written
+    OPERATOR_STOPPED = "operator_stopped"  # stopped by someone else than the watchdog: told, never restarted
+    SATURATED = "saturated"  # canary times out while tokens move: busy, not hung (SLA family, never restarted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +339,22 @@ class ProbeTransition:
     before: ProbeState
     after: ProbeState
     result: ProbeResult
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Is the engine making progress? From the last two `/metrics` scrapes (generation tokens or engine steps
+    moved between them), with the demand seen at the last one. Lets a canary timeout tell hung from busy."""
+
+    moving: bool  # generation_tokens_total or iteration_tokens_total_count rose between the two scrapes
+    running: float | None = None
+    waiting: float | None = None
+    interval_s: float = 0.0  # seconds between the two scrapes
+
+    @property
+    def describe(self) -> str:
+        state = "tokens moving" if self.moving else "no token produced"
+        return f"{state} over {self.interval_s:.0f} s (running {self.running}, waiting {self.waiting})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,18 +7,21 @@ contract test can run both. This module must never import an implementation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
 from watchdog.model import (
     ActionResult,
     Delivery,
     Finding,
+    Incident,
+    IncidentEdge,
     LogLine,
     Notification,
     ProbeResult,
     RuntimeEvent,
     RuntimeState,
+    Severity,
 )
 
 
@@ -88,4 +91,18 @@ class Notifier(Protocol):
     async def aclose(self) -> None: ...
 
 
-__all__ = ["Detector", "Finding", "Notifier", "Probe", "Runtime"]
+class IncidentLedger(Protocol):
+    """What remediation may do to incidents (implemented by `watchdog.incidents.IncidentManager`): raise a
+    severity, and resolve after a verified recovery. Every method returns the edges to tell."""
+
+    def escalate(self, incident: Incident, severity: Severity, reason: str, now: float) -> IncidentEdge | None: ...
+
+    def resolve_ids(self, ids: Iterable[int], now: float, reason: str) -> list[IncidentEdge]: ...
+
+    def resolve_health(
+        self, target: str, now: float, reason: str, *, opened_before: float | None = None,
+        keep: Collection[str] = (),
+    ) -> list[IncidentEdge]: ...
+
+
+__all__ = ["Detector", "Finding", "IncidentLedger", "Notifier", "Probe", "Runtime"]

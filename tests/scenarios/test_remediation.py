@@ -46,9 +46,10 @@ policies:
 
 
 class World:
-    def __init__(self, tmp_path: Path, *, dry_run: bool = False, policy: str = POLICY) -> None:
-        self.clock = FakeClock()
-        self.store = Store(tmp_path / "state.db")
+    def __init__(self, tmp_path: Path, *, dry_run: bool = False, policy: str = POLICY,
+                 clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.store = Store(tmp_path / "state.db", wall=self.clock.time, monotonic=self.clock.monotonic)
         self.incidents = IncidentManager(self.store)
         self.edges: list[IncidentEdge] = []
         self.ready = True
@@ -162,9 +163,7 @@ async def test_budget_survives_a_daemon_restart(tmp_path: Path) -> None:
     for _ in range(3):
         await step(w)
         w.clock.advance(11)
-    w2 = World(tmp_path)
-    w2.clock = w.clock
-    w2.rem.clock = w.clock
+    w2 = World(tmp_path, clock=w.clock)
     v = await w2.rem.evaluate("vllm")
     assert v is not None and v.reason == Reason.MAX_ATTEMPTS_REACHED
     assert w2.runtime.actions == []
@@ -292,7 +291,9 @@ async def test_runtime_unavailable_during_restart_is_skipped_not_failed(tmp_path
     inc = w.open("service_down")
     await step(w)
     assert [a.outcome for a in w.store.attempts(incident_id=inc)] == ["skipped"]
-    assert w.rem.ladder_step(w.rem.policies.by_name("down"), "vllm", w.clock.time()) == 0  # type: ignore[arg-type]
+    policy, incident = w.rem.policies.by_name("down"), w.store.incident(inc)
+    assert policy is not None and incident is not None
+    assert w.rem.ladder_step(policy, incident) == 0
 
 
 def test_step_naming_a_missing_receiver_is_reported() -> None:

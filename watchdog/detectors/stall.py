@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from watchdog.model import Finding, IncidentKind, ProbeResult, Severity, Status
+from watchdog.model import Finding, IncidentKind, ProbeResult, Progress, Severity, Status
 from watchdog.vllm_metrics import MetricsSnapshot, ModelMetrics, reset_between
 
 REMEDY = (
@@ -45,6 +45,8 @@ class StallSettings(BaseModel):
 class _State:
     prev: ModelMetrics | None = None
     prev_at: float = 0.0
+    before: ModelMetrics | None = None  # the scrape before `prev` (for `progress()`)
+    before_at: float = 0.0
     pending_since: float | None = None
     active: bool = False
     reason: str = ""
@@ -72,9 +74,13 @@ class StallDetector:
         self.probe = probe
         self._models: dict[str, _State] = {}
         self._prev_snap: MetricsSnapshot | None = None
+        self._scrape_failed = False
 
     def observe(self, result: ProbeResult, now: float) -> list[Finding]:
-        if result.probe != self.probe or result.target != self.target or result.status == Status.FAIL:
+        if result.probe != self.probe or result.target != self.target:
+            return []
+        if result.status == Status.FAIL:
+            self._scrape_failed = True
             return []
         snap = result.values.get("snapshot")
         if not isinstance(snap, MetricsSnapshot):
@@ -86,9 +92,32 @@ class StallDetector:
         st = self._models.get(model)
         return st.reason if st else "no scrape yet"
 
+    def progress(self) -> Progress | None:
+        """Did any model produce tokens (or engine steps) between the last two scrapes? None when the last
+        scrape failed or two scrapes were not seen yet: for a canary timeout that means "no progress"."""
+        if self._scrape_failed:
+            return None
+        seen: Progress | None = None
+        for st in self._models.values():
+            if st.prev is None or st.before is None:
+                continue
+            gen, steps = _progress_counters(st.prev)
+            pgen, psteps = _progress_counters(st.before)
+            moved = (gen is not None and pgen is not None and gen > pgen) or (
+                steps is not None and psteps is not None and steps > psteps
+            )
+            p = Progress(moving=moved, running=st.prev.gauges.get("running"), waiting=st.prev.gauges.get("waiting"),
+                         interval_s=st.prev_at - st.before_at)
+            if moved:
+                return p
+            seen = seen or p
+        return seen
+
     def observe_snapshot(self, snap: MetricsSnapshot) -> list[Finding]:
         if snap.error is not None:
+            self._scrape_failed = True
             return []
+        self._scrape_failed = False
         restarted = None
         if self._prev_snap is not None:
             if snap.at <= self._prev_snap.at:
@@ -101,6 +130,7 @@ class StallDetector:
             f = self._judge(model, st, m, snap.at, restarted)
             if f is not None:
                 out.append(f)
+            st.before, st.before_at = st.prev, st.prev_at
             st.prev, st.prev_at = m, snap.at
         return out
 

@@ -406,5 +406,5 @@ ACTIONS: dict[str, ActionFn] = {
 }
 
 # actions whose success is proven by readiness passing again (verification)
-VERIFIED = frozenset({"restart", "start", "recreate", "set_config", "rollback_config"})
+VERIFIED = P.VERIFIED  # derived from the step models (policy.py): one place
 assert set(ACTIONS) == set(P.ACTION_NAMES)

@@ -1,16 +1,17 @@
 """Remediation guards: every decision is a Verdict with a reason enum. Stage: remediate (decide).
 
 Guards read the durable ledger (attempts in SQLite), so a daemon restart cannot reset a budget, a
-cooldown or a backoff. Pure functions of (policy, step, ledger, now): they must never act or sleep.
+cooldown or a backoff. Only actions that touch the target spend them (policy.TOUCHES_TARGET: notify and
+escalate never do). Pure functions of (guards, ledger, now): they must never act or sleep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from watchdog.remediation.policy import GuardOverrides, Guards
+from watchdog.remediation.policy import TOUCHES_TARGET, Guards
 from watchdog.store import Attempt
 
 
@@ -27,6 +28,9 @@ class Reason(StrEnum):
     PRECONDITION_FAILED = "PRECONDITION_FAILED"
     WAITING_FOR_READY = "WAITING_FOR_READY"
     NO_RUNTIME = "NO_RUNTIME"
+    OPERATOR_STOPPED = "OPERATOR_STOPPED"  # an operator stopped the target: told, never restarted, never paged
+    STEP_SKIPPED = "STEP_SKIPPED"  # the target lacks what the step needs (config file, runtime): ladder moves on
+    SUPERSEDED = "SUPERSEDED"  # another open incident of the target (higher priority) is the one acted on
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +44,13 @@ class Verdict:
         return f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value
 
 
-def effective(g: Guards, o: GuardOverrides) -> Guards:
-    return g.model_copy(update={k: v for k, v in o.model_dump().items() if v is not None})
-
-
-ACTED = ("succeeded", "failed", "escalated", "error")
+SPENT = ("succeeded", "failed", "error")
 
 
 def acted(attempts: Sequence[Attempt]) -> list[Attempt]:
-    """Attempts that really did something (dry-runs and skips do not spend a budget)."""
-    return [a for a in attempts if a.outcome in ACTED or a.phase != "done"]
+    """Attempts that spend a budget: actions that touch the target and really ran (or still run). Dry-runs,
+    skips, notify and escalate never do."""
+    return [a for a in attempts if a.action in TOUCHES_TARGET and (a.outcome in SPENT or a.phase != "done")]
 
 
 def backoff_delay(g: Guards, consecutive: int) -> float:
@@ -71,14 +72,18 @@ def consecutive_attempts(attempts: Sequence[Attempt], g: Guards) -> int:
     return n
 
 
-def check_rate(g: Guards, target_attempts: Sequence[Attempt], now: float) -> Verdict:
-    """Cooldown, budget and backoff over the target's ledger (all policies together)."""
+def check_rate(
+    g: Guards, target_attempts: Sequence[Attempt], now: float, *, streak_of: Collection[int] | None = None
+) -> Verdict:
+    """Cooldown and budget over the target's ledger (all policies together); back-off over the streak of
+    `streak_of` (the incidents of one ladder: a crash loop's restarts back off, an unrelated fault healed
+    in between does not), or over the whole target when None."""
     done = acted(target_attempts)
     in_window = [a for a in done if now - a.started_at <= g.window_s]
     if len(in_window) >= g.max_attempts:
         oldest = min(a.started_at for a in in_window)
         return Verdict(False, Reason.MAX_ATTEMPTS_REACHED,
-                       f"{len(in_window)} actions within {int(g.window_s)} s (max {g.max_attempts})",
+                       f"{len(in_window)} actions on the target within {int(g.window_s)} s (max {g.max_attempts})",
                        retry_at=oldest + g.window_s)
     if done:
         last = done[-1]
@@ -87,11 +92,12 @@ def check_rate(g: Guards, target_attempts: Sequence[Attempt], now: float) -> Ver
             return Verdict(False, Reason.COOLDOWN_ACTIVE,
                            f"last action {since:.1f} s ago (cooldown {g.cooldown_s:g} s)",
                            retry_at=(last.finished_at or last.started_at) + g.cooldown_s)
-        if now - last.started_at <= g.backoff_reset_s:
-            streak = consecutive_attempts(done, g)
-            delay = backoff_delay(g, streak)
-            since_start = now - last.started_at
-            if since_start < delay:
-                return Verdict(False, Reason.BACKOFF_ACTIVE,
-                               f"{streak} actions in a row: back off {delay:g} s", retry_at=last.started_at + delay)
+    streak = done if streak_of is None else [a for a in done if a.incident_id in streak_of]
+    if streak and now - streak[-1].started_at <= g.backoff_reset_s:
+        last = streak[-1]
+        n = consecutive_attempts(streak, g)
+        delay = backoff_delay(g, n)
+        if now - last.started_at < delay:
+            return Verdict(False, Reason.BACKOFF_ACTIVE,
+                           f"{n} actions in a row: back off {delay:g} s", retry_at=last.started_at + delay)
     return Verdict(True, Reason.ALLOWED)
