@@ -7,6 +7,8 @@ read as-is by the adapters) to adapter classes; it must never talk to a runtime 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from watchdog.adapters.docker import DockerRuntime
 from watchdog.adapters.process import ProcessRuntime
 from watchdog.adapters.systemd import SystemdRuntime
@@ -15,11 +17,12 @@ from watchdog.config.runtimes import DockerRuntimeSettings, ProcessRuntimeSettin
 from watchdog.protocols import Runtime
 
 
-def build_runtime(t: TargetConfig) -> Runtime | None:
-    """The adapter for `t.runtime`, or None when the target has no runtime (observe and notify only)."""
+def build_runtime(t: TargetConfig, state_dir: Path | None = None) -> Runtime | None:
+    """The adapter for `t.runtime`, or None when the target has no runtime (observe and notify only).
+    With `state_dir`, a spawned server is recorded in `<state_dir>/runtime-<target>.pid` (no orphans)."""
     rc = t.runtime
     if isinstance(rc, ProcessRuntimeSettings):
-        return ProcessRuntime(rc)
+        return ProcessRuntime(rc, pidfile=state_dir / f"runtime-{t.name}.pid" if state_dir is not None else None)
     if isinstance(rc, DockerRuntimeSettings):
         return DockerRuntime(rc)
     if isinstance(rc, SystemdRuntimeSettings):

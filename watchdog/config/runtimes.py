@@ -72,8 +72,17 @@ class ProcessRuntimeSettings(Strict):
     cwd: Path | None = Field(None, description="Working directory (default: the watchdog's)")
     stop_timeout_s: float = Field(10.0, ge=0, description="SIGTERM grace before SIGKILL")
     log_buffer_lines: int = Field(5000, ge=10, description="Ring buffer of output lines kept in memory")
-    inherit_env: bool = Field(True, description="Start from the watchdog's environment (else only env/env_file)")
+    pass_env: list[str] = Field([], description="Variables of the watchdog's environment passed to the server by "
+                                "name (e.g. CUDA_VISIBLE_DEVICES, HF_TOKEN); it gets only PATH, LANG/LC_*, HOME, TZ, "
+                                "env and env_file otherwise")
+    inherit_env: bool = Field(False, description="Start from the watchdog's whole environment (minus every "
+                              "variable holding a known secret) instead of the minimal one")
     stop_on_close: bool = Field(True, description="Stop the child when the runtime is closed (daemon exit)")
+    adopt: bool = Field(False, description="After a daemon restart, adopt the server it left running (same pid "
+                        "and start time) instead of stopping it; the server then outlives the daemon and writes "
+                        "its output to a file in the state dir")
+    log_file_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="With adopt: the output file is "
+                                    "truncated past this size")
 
 
 RuntimeSettings = Annotated[
