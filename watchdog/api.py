@@ -248,7 +248,7 @@ class HttpServer:
                     req = await read_request(reader, self.max_body, peer)
                 resp = await self._dispatch(req)
             except HttpError as e:
-                req, resp = None, Response(e.status, "text/plain", f"{e}\n".encode())
+                req, resp = None, json_reply(e.status, {"error": str(e)})
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
                 return
             except Exception:
