@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import socket
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ from watchdog.config.models import TargetConfig, WatchdogConfig
 from watchdog.extras import host_extras, target_extras
 from watchdog.incidents import IncidentManager
 from watchdog.metrics import WatchdogMetrics
-from watchdog.model import EventKind, Finding, IncidentEdge
+from watchdog.model import EventKind, Finding, IncidentEdge, IncidentKind, Severity
 from watchdog.notify.build import build_notify
-from watchdog.notify.outbox import Dispatcher, NotifyPipeline
+from watchdog.notify.outbox import Dispatcher, NotifyPipeline, StorageAlarm
 from watchdog.notify.receivers import build_all
 from watchdog.notify.repeat import due_repeats
 from watchdog.protocols import Notifier, Runtime
@@ -41,9 +42,9 @@ from watchdog.remediation.policy import PolicySet
 from watchdog.runtimes import build_runtime
 from watchdog.scheduler import ApsScheduler, JobHealth, Scheduling, loop_health
 from watchdog.secrets import resolve_secret
-from watchdog.store import Store
+from watchdog.store import Backlog, Store
 from watchdog.views import Views
-from watchdog.watch import Extra, TargetWatch, build_target, run_extra
+from watchdog.watch import Extra, TargetWatch, build_target, run_extra, target_client
 from watchdog.web import WebApp, load_token
 
 log = structlog.get_logger("watchdog.daemon")
@@ -72,6 +73,7 @@ class Daemon:
         notifier_factory: NotifierFactory | None = None,
         extras_factory: ExtrasFactory | None = None,
         scheduler_factory: SchedulerFactory | None = None,
+        client_factory: Callable[[TargetConfig], httpx.AsyncClient] | None = None,
         config_path: Path | None = None,
         on_edge: Callable[[IncidentEdge], None] | None = None,
         on_probe_failure: Callable[[str, Any], None] | None = None,
@@ -86,13 +88,17 @@ class Daemon:
         self.notifier_factory = notifier_factory or build_all
         self.extras_factory = extras_factory or target_extras
         self.scheduler_factory = scheduler_factory or ApsScheduler
+        self.client_factory = client_factory or target_client
         self.on_edge, self.on_probe_failure, self.on_delivered = on_edge, on_probe_failure, on_delivered
         self.metrics = WatchdogMetrics()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.instance_lock = instance_lock or InstanceLock(cfg.state_dir)
         self.instance_lock.acquire()  # one daemon per state dir, before anything in it is touched
-        self.store = Store(cfg.state_dir / "state.db")
+        self.store = Store(cfg.state_dir / "state.db", wall=self.clock.time, monotonic=self.clock.monotonic)
         self.incidents = IncidentManager(self.store, self.metrics)
+        # incident writes that failed (db full/locked) wait here, in order, and are retried with back-off
+        self.writes: Backlog[Callable[[], None]] = Backlog(lambda write: write(), name="incident writes")
+        self.alarm: StorageAlarm | None = None
         self.stop_event = asyncio.Event()
         self.jobs: dict[str, JobHealth] = {}
         self.scheduler: Scheduling | None = None
@@ -119,7 +125,7 @@ class Daemon:
     def _build_target(self, t: TargetConfig) -> TargetWatch:
         tw = build_target(t, host=self, clock=self.clock, state_dir=self.cfg.state_dir,
                           runtime=self.runtime_factory(t), api_key=_secret(t.api_key_env, t.api_key_file, "api_key"),
-                          on_probe_failure=self.on_probe_failure)
+                          on_probe_failure=self.on_probe_failure, client=self.client_factory(t))
         tw.extras = self.extras_factory(tw)
         self.remediator.targets[t.name] = TargetHandle(
             name=t.name, runtime=tw.runtime, config_files={c.name: c for c in t.config_files},
@@ -153,12 +159,17 @@ class Daemon:
             asyncio.get_running_loop().create_task(go())
 
     def apply_findings(self, findings: list[Finding]) -> None:
-        now = self.clock.time()
         for f in findings:
-            for edge in self.incidents.apply(f, now):
-                self.emit(edge)
+            self.writes.submit(functools.partial(self._apply_finding, f))
+
+    def _apply_finding(self, f: Finding) -> None:
+        for edge in self.incidents.apply(f, self.clock.time()):
+            self.emit(edge)
 
     def ready_again(self, target: str) -> None:
+        self.writes.submit(functools.partial(self._ready_again, target))
+
+    def _ready_again(self, target: str) -> None:
         now = self.clock.time()
         for edge in self.incidents.resolve_health(target, now, "readiness passes again", opened_before=now):
             self.emit(edge)
@@ -180,6 +191,21 @@ class Daemon:
         self._repeat_notifications()
         if self.loop_healthy()[0]:
             self.metrics.loop_heartbeat.set(self.clock.time())
+        return 1.0
+
+    async def _storage_tick(self) -> float:
+        """The state db: re-check its file, retry waiting writes, tell what the store did by itself (a
+        recreated file, clamped times) as a watchdog_internal incident, and page without the db while it
+        cannot be written."""
+        self.store.check_identity()
+        self.writes.flush()
+        for n in self.store.health.take_notices():
+            f = Finding(target="watchdog", kind=IncidentKind.WATCHDOG_INTERNAL.value, severity=Severity.P1,
+                        summary=n.message, labels={"check": "state_db", "notice": n.kind}, source="store")
+            self.apply_findings([f, Finding(target=f.target, kind=f.kind, severity=f.severity, active=False,
+                                            summary="reported", labels=f.labels, source="store")])
+        if self.alarm is not None:
+            await self.alarm.check()
         return 1.0
 
     def _repeat_notifications(self) -> None:
@@ -238,12 +264,14 @@ class Daemon:
             scheduler.add(ex.name or f"{ex.probe.target}:{ex.probe.name}",
                           functools.partial(run_extra, ex, self, self.clock), ex.period_s, ex.timeout_s)
         scheduler.add("remediation", self._remediation_tick, 1.0, 30, delay=1.0)
+        scheduler.add("storage", self._storage_tick, 1.0, 30, delay=1.0)
 
     async def start(self) -> None:
         self.notifiers = self.notifier_factory(self.cfg, self.notify_client, self.clock)
         self.pipeline, self.dispatcher = build_notify(self.cfg, store=self.store, clock=self.clock,
                                                       metrics=self.metrics, notifiers=self.notifiers,
                                                       on_delivered=self.on_delivered)
+        self.alarm = StorageAlarm(self.store.health, self.notifiers, self.clock, host=socket.gethostname())
         for t in self.cfg.targets:
             self.targets[t.name] = self._build_target(t)
         for tw in self.targets.values():
@@ -302,6 +330,8 @@ class Daemon:
         self.stop_event.set()
         if self.pipeline is not None:
             self.pipeline.flush_all()
+            self.pipeline.close()
+        self.writes.cancel()
         if self.scheduler is not None:
             self.scheduler.shutdown()
         tasks = [t for tw in self.targets.values() for t in tw.tasks]

@@ -53,7 +53,11 @@ class Views:
 
     def healthz(self) -> tuple[int, dict[str, Any]]:
         ok, why = self.loop_health()
-        return (200 if ok else 503), {"healthy": ok, "reason": why, "version": __version__}
+        status = "ok" if ok else "unhealthy"
+        stored, stored_why = self.store.health.status()
+        if ok and not stored:  # the loop runs (a restart would not help): degraded, with the reason
+            status, why = "degraded", stored_why
+        return (200 if ok else 503), {"healthy": ok, "status": status, "reason": why, "version": __version__}
 
     def metrics_text(self) -> bytes:
         self.refresh()

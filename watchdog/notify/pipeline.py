@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -99,9 +99,9 @@ class NotifyPipeline:
         )
         self.unstored.submit((edge, None))
 
-    def resend(self, edge: IncidentEdge, receivers: set[str]) -> None:
+    def resend(self, edge: IncidentEdge, receivers: Iterable[str | None]) -> None:
         """Re-send an open incident to some receivers only (Alertmanager expects re-sends every 30 s–3 min)."""
-        self.unstored.submit((edge, frozenset(receivers)))
+        self.unstored.submit((edge, frozenset(r for r in receivers if r)))
 
     @property
     def stalled(self) -> bool:
