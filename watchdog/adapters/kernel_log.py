@@ -20,9 +20,10 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -82,8 +83,11 @@ def parse_kernel_text(text: str) -> list[LogLine]:
     return out
 
 
+_TRUNCATED = "…[truncated]"
+
+
 def _cut(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 15] + "…[truncated]"
+    return s if len(s) <= n else s[: n - len(_TRUNCATED)] + _TRUNCATED
 
 
 class KernelLogWatcher:
@@ -114,7 +118,7 @@ class KernelLogWatcher:
             return "kmsg"
         return "file"
 
-    async def lines(self) -> AsyncIterator[LogLine]:
+    async def lines(self) -> AsyncGenerator[LogLine, None]:
         """Kernel lines forever; a failing source is reopened after a back-off. Cancel to stop."""
         backoff = self.settings.reconnect_s
         while True:
@@ -122,8 +126,9 @@ class KernelLogWatcher:
             opened = time.monotonic()
             try:
                 reader = {"journal": self._journal, "kmsg": self._kmsg, "file": self._file}[self.source]
-                async for ln in reader():
-                    yield LogLine(_cut(ln.text, self.settings.max_line_chars), ln.at)
+                async with contextlib.aclosing(reader()) as source:  # closing us closes the source now
+                    async for ln in source:
+                        yield LogLine(_cut(ln.text, self.settings.max_line_chars), ln.at)
                 self.last_error = f"{self.source} source ended"
             except asyncio.CancelledError:
                 raise
@@ -148,13 +153,13 @@ class KernelLogWatcher:
         return [self.buffer.popleft() for _ in range(n)]
 
     # ------------------------------------------------------------------ sources
-    async def _journal(self) -> AsyncIterator[LogLine]:
+    async def _journal(self) -> AsyncGenerator[LogLine, None]:
         s = self.settings
         argv = [s.journalctl, "-k", "-o", "json", "--follow", "--no-pager"]
         argv += ["--after-cursor", self.cursor] if self.cursor else ["--lines", str(s.backlog_lines)]
         proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.DEVNULL)
+                                                    stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         try:
             assert proc.stdout is not None
             async for raw in _read_lines(proc.stdout, max(s.max_line_chars * 4, 65536)):
@@ -163,12 +168,12 @@ class KernelLogWatcher:
                         self.cursor = cursor
                     yield ln
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: no child keeps our pipe open
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), 5)
 
-    async def _kmsg(self) -> AsyncIterator[LogLine]:
+    async def _kmsg(self) -> AsyncGenerator[LogLine, None]:
         fd = os.open(self.settings.kmsg_path, os.O_RDONLY | os.O_NONBLOCK)
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
@@ -196,7 +201,7 @@ class KernelLogWatcher:
                 loop.remove_reader(fd)
             os.close(fd)
 
-    async def _file(self) -> AsyncIterator[LogLine]:
+    async def _file(self) -> AsyncGenerator[LogLine, None]:
         s = self.settings
         path = s.path
         while True:
@@ -234,7 +239,7 @@ def _tail_offset(path: Path, size: int, lines: int) -> int:
     return start + cut + 1
 
 
-async def _read_lines(stream: asyncio.StreamReader, max_bytes: int) -> AsyncIterator[str]:
+async def _read_lines(stream: asyncio.StreamReader, max_bytes: int) -> AsyncGenerator[str, None]:
     """Lines of a stream; a line longer than `max_bytes` is cut there (its rest is skipped)."""
     buf = b""
     skipping = False
