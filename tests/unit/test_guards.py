@@ -69,3 +69,29 @@ def test_budget_survives_daemon_restart(tmp_path: Path) -> None:
     s.close()
     s2 = Store(tmp_path / "s.db")
     assert check_rate(G, s2.attempts(target="vllm"), 2000.0).reason == Reason.MAX_ATTEMPTS_REACHED
+
+
+def test_notify_and_escalate_never_spend_the_budget(tmp_path: Path) -> None:
+    """The measured failure: '6 actions within 3600 s (max 5)' with 3 restarts — escalate and notify
+    counted. Only actions that touch the target spend the budget and the back-off."""
+    s = Store(tmp_path / "s.db")
+    for i, action in enumerate(["restart", "escalate", "restart", "notify", "restart", "escalate"]):
+        a = s.start_attempt(target="vllm", incident_id=i, policy="p", step=0, action=action, now=1000.0 + 100 * i)
+        s.finish_attempt(a, outcome="escalated" if action == "escalate" else "succeeded", reason="",
+                         now=1001.0 + 100 * i)
+    g = G.model_copy(update={"max_attempts": 4})
+    assert check_rate(g, s.attempts(target="vllm"), 1700.0).allowed
+    assert check_rate(g.model_copy(update={"max_attempts": 3}), s.attempts(target="vllm"), 1700.0).reason == \
+        Reason.MAX_ATTEMPTS_REACHED
+
+
+def test_backoff_counts_only_the_ladders_own_incidents(tmp_path: Path) -> None:
+    """An unrelated fault healed in between is no streak: back-off follows the incidents of one ladder."""
+    s = Store(tmp_path / "s.db")
+    for i, t in enumerate([1000.0, 1040.0]):
+        a = s.start_attempt(target="vllm", incident_id=i + 1, policy="p", step=0, action="restart", now=t)
+        s.finish_attempt(a, outcome="succeeded", reason="", now=t + 1)
+    g = G.model_copy(update={"cooldown_s": 0})
+    assert check_rate(g, s.attempts(target="vllm"), 1055.0).reason == Reason.BACKOFF_ACTIVE
+    assert check_rate(g, s.attempts(target="vllm"), 1055.0, streak_of={3}).allowed
+    assert check_rate(g, s.attempts(target="vllm"), 1045.0, streak_of={2}).reason == Reason.BACKOFF_ACTIVE

@@ -71,3 +71,13 @@ def test_store_uses_wal(tmp_path: Path) -> None:
     """The state database runs in WAL mode."""
     s = Store(tmp_path / "s.db")
     assert s.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_resolve_health_keeps_what_a_probe_still_reports(tmp_path: Path) -> None:
+    """Kinds in `keep` (a failing probe holds them) and crash_loop (resolved by its detector) stay open."""
+    m = IncidentManager(Store(tmp_path / "s.db"))
+    for kind in ("service_down", "engine_hung", "crash_loop"):
+        m.apply(f(kind, Severity.P0), 1.0)
+    edges = m.resolve_health("vllm", 5.0, "ready again", opened_before=5.0, keep={"engine_hung"})
+    assert [e.incident.kind for e in edges] == ["service_down"]
+    assert sorted(i.kind for i in m.store.open_incidents()) == ["crash_loop", "engine_hung"]
