@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
 import pytest
@@ -204,7 +204,8 @@ async def test_child_gets_a_minimal_environment(tmp_path: Path, monkeypatch: pyt
 async def test_events_queue_is_bounded() -> None:
     """A subscriber that does not keep up holds at most MAX_QUEUED_EVENTS events (the oldest are dropped)."""
     rt = ProcessRuntime(ProcessRuntimeSettings(command=[sys.executable, "-c", "pass"]))
-    agen = rt.events().__aiter__()
+    agen = rt.events()
+    assert isinstance(agen, AsyncGenerator)
     reader = asyncio.ensure_future(agen.__anext__())
     await asyncio.sleep(0)  # the subscriber registers its queue and waits on it
     assert len(rt._subs) == 1
