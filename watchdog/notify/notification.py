@@ -26,7 +26,12 @@ RUNBOOK: dict[str, str] = {
     "estimate in the message) or raise gpu_memory_utilization; kill stale GPU processes.",
     "gpu_lost": "GPU lost / fallen off the bus: container restarts cannot help. Drain the host; reset the GPU or "
     "reboot.",
-    "crash_loop": "Crash loop: the watchdog stopped restarting. Read the last log lines for the cause.",
+    "crash_loop": "Crash loop: the watchdog keeps restarting with back-off (10 s doubling to 5 min) and resolves "
+    "this after 10 min healthy. Read the last log lines for the cause.",
+    "operator_stopped": "Stopped by an operator: not restarted. Start it again (docker start / systemctl start) "
+    "and the watchdog resumes watching.",
+    "saturated": "Saturated, not hung: tokens are moving but the canary timed out. Add capacity, rate-limit "
+    "clients or lower max_num_seqs; the watchdog does not restart a busy server.",
     "circuit_breaker_open": "The application's circuit breaker is open while vLLM is ready: reset it.",
     "cert_expiring": "Renew the TLS certificate and reload the proxy/server.",
     "disk_low": "Free disk: `docker system prune` (never -a --volumes on a model host), clear caches.",

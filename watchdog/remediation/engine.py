@@ -360,11 +360,11 @@ class Remediator:
 
     async def _runtime_restarted(self, inc: Incident, step: Any, handle: TargetHandle) -> str | None:
         """The server exited, but its runtime (docker restart policy, systemd Restart=) or an operator has
-        started it again already: restarting it now would kill it while it loads. Once per incident."""
-        if not step.disruptive or handle.runtime is None:
+        started it again already: restarting it now would kill it while it loads. Only before the incident's
+        first action (after that, a running server may be the watchdog's own start)."""
+        if not step.disruptive or handle.runtime is None or len(self.store.attempts(incident_id=inc.id)) > 1:
             return None
-        exited = any(i.evidence.get("runtime_event") in EXIT_EVENTS for i in self.store.open_incidents(inc.target))
-        if not exited or any(a.reason.startswith("RUNTIME_RESTARTED") for a in self.store.attempts(incident_id=inc.id)):
+        if not any(i.evidence.get("runtime_event") in EXIT_EVENTS for i in self.store.open_incidents(inc.target)):
             return None
         try:
             st = await handle.runtime.state()

@@ -320,7 +320,8 @@ def load_policy_text(text: str, file: str) -> list[Policy]:
             p = problem_from_error(err, file, lines, data, PolicyFile)
             if err.get("type") == "union_tag_invalid":
                 bad = err.get("ctx", {}).get("tag", "?")
-                field = p.field if p.field.endswith(".action") else p.field + ".action"
+                field = p.field.removesuffix(".type")  # the config converter names `type` tags; steps use `action`
+                field = field if field.endswith(".action") else field + ".action"
                 p = Problem(p.file, p.line, field, f"unknown action '{bad}'", f"known: {', '.join(ACTION_NAMES)}")
             problems.append(p)
         raise ConfigError(problems) from None
