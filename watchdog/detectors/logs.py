@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from watchdog.config.yamlsafe import parse_yaml, read_capped
 from watchdog.detectors.logshape import anchor_points, is_echo
 from watchdog.errors import ConfigError, Problem
 from watchdog.model import Finding, IncidentKind, JSONValue, LogLine, ProbeResult, Severity
@@ -103,8 +104,9 @@ class LogCatalog:
         self.patterns: tuple[LogPattern, ...] = tuple(patterns)
         kws = sorted({k.lower() for p in self.patterns for k in p.keywords}, key=len, reverse=True)
         self._always = any(not p.keywords for p in self.patterns)
-        # searched in the lower-cased line: re.IGNORECASE makes the alternation about 10x slower
-        self._prefilter: re.Pattern[str] | None = re.compile("|".join(re.escape(k) for k in kws)) if kws else None
+        # searched in the lower-cased line (re.IGNORECASE makes it about 10x slower), as a trie: one branch
+        # per next character instead of one per keyword (about 2x faster than a flat alternation)
+        self._prefilter: re.Pattern[str] | None = re.compile(_trie_pattern(kws)) if kws else None
         self._lower_kws: tuple[tuple[str, ...], ...] = tuple(
             tuple(k.lower() for k in p.keywords) for p in self.patterns
         )
@@ -128,11 +130,11 @@ class LogCatalog:
         merged: list[dict[str, Any]] = [dict(s) for s in specs]
         if override_path is not None:
             try:
-                text = Path(override_path).read_text(encoding="utf-8")
-            except OSError as e:
-                problem = Problem(str(override_path), None, "log_patterns", f"cannot read file: {e.strerror or e}",
-                                  "give a readable YAML file")
-                raise ConfigError([problem]) from None
+                text = read_capped(override_path, what="log_patterns", fix="give a readable YAML file")
+            except ConfigError as e:
+                problem = e.problems[0]
+                raise ConfigError([Problem(problem.file, None, "log_patterns", f"cannot read file: {problem.message}",
+                                           problem.fix)]) from None
             ov_specs, ov_lines = _read_specs(text, str(override_path))
             for spec, ln in zip(ov_specs, ov_lines, strict=True):
                 pid = spec.get("id")
@@ -227,6 +229,25 @@ class LogCatalog:
         return None
 
 
+def _trie_pattern(words: Sequence[str]) -> str:
+    """A regex matching any of `words` (literals), built as a trie; a word that is a prefix of another one
+    ends the branch (containing the shorter word is enough)."""
+    trie: dict[str, Any] = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        if "" in node:
+            return ""
+        alts = [re.escape(ch) + build(sub) for ch, sub in sorted(node.items())]
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    return build(trie)
+
+
 def _fix_for(fld: str) -> str:
     return {
         "kind": "one of: " + ", ".join(k.value for k in IncidentKind),
@@ -238,14 +259,7 @@ def _fix_for(fld: str) -> str:
 
 def _read_specs(text: str, file: str) -> tuple[list[dict[str, Any]], list[dict[str, int]]]:
     """Entries of a catalog file and, for each, the 1-based line of each field ("" = the entry)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError([Problem(file, line, "log_patterns", f"invalid YAML: {getattr(e, 'problem', e)}",
-                                   "fix the YAML syntax")]) from None
+    data, root = parse_yaml(text, file, field="log_patterns")  # size, alias and duplicate-key limits
     if not isinstance(data, dict) or not isinstance(data.get("patterns"), list):
         raise ConfigError([Problem(file, 1, "patterns", "missing `patterns:` list",
                                    "a mapping with `patterns:` holding a list of entries")])
