@@ -184,3 +184,23 @@ def test_a_restart_by_the_watchdog_starts_the_probes_over() -> None:
     h.on_transition(tr("canary", ProbeState.FAILING, error="timeout"), 0.0)
     h.note_own_restart(1.0)
     assert h.held_kinds() == frozenset()
+
+
+def test_an_exit_the_runtime_restarts_itself_is_not_reported() -> None:
+    """The measured failure: with `restart: unless-stopped` docker restarted a crash and the watchdog restarted
+    it again 2.4 s later. With the runtime's own restart policy, an exit is reported only if no start follows
+    within the grace; a start within it (on_external_start) means nothing to do."""
+    c = FakeClock()
+    h = HealthDetector("vllm", runtime_restart_grace_s=30.0)
+    assert h.on_runtime_event(exit_event(c), c.monotonic()) == []
+    c.advance(2.4)
+    assert h.on_runtime_event(RuntimeEvent(kind="start", at=c.time()), c.monotonic()) == []
+    c.advance(60)
+    assert h.tick(c.monotonic()) == []
+    h.on_runtime_event(exit_event(c), c.monotonic())
+    c.advance(29)
+    assert h.tick(c.monotonic()) == []
+    c.advance(1)
+    late = h.tick(c.monotonic())
+    assert active(late) == [("service_down", Severity.P0)]
+    assert late[0].summary.endswith("its runtime did not start it again within 30 s")

@@ -77,7 +77,7 @@ class HealthDetector:
     def __init__(
         self, target: str, *, crash_loop_exits: int = 3, crash_loop_window_s: float = 600.0,
         crash_loop_healthy_s: float = 600.0, own_restart_window_s: float = 60.0,
-        progress: Callable[[], Progress | None] | None = None,
+        progress: Callable[[], Progress | None] | None = None, runtime_restart_grace_s: float | None = None,
     ) -> None:
         self.target = target
         self.states: dict[str, ProbeState] = {}
@@ -86,6 +86,10 @@ class HealthDetector:
         self.crash_loop_healthy_s = crash_loop_healthy_s
         self.own_restart_window_s = own_restart_window_s
         self.progress = progress
+        # the runtime restarts the server itself (docker restart policy, systemd Restart=): an exit is reported
+        # only if no start follows within this grace (tick), so the watchdog does not restart it a second time
+        self.runtime_restart_grace_s = runtime_restart_grace_s
+        self._exit_pending: tuple[float, Finding] | None = None
         self.liveness_failures = 0  # unconfirmed liveness failures (the re-probe is pending)
         self.operator_stop: str | None = None  # how an operator stopped the target, while it stays stopped
         self._exits: deque[float] = deque(maxlen=64)
@@ -266,8 +270,20 @@ class HealthDetector:
         )
 
     def tick(self, now: float) -> list[Finding]:
-        """Time-driven judgement (call it periodically): a crash loop resolves after the target stayed
-        ready for `crash_loop_healthy_s`."""
+        """Time-driven judgement (call it periodically): an exit the runtime did not restart within its grace
+        is reported; a crash loop resolves after the target stayed ready for `crash_loop_healthy_s`."""
+        out: list[Finding] = []
+        pending = self._exit_pending
+        if pending is not None and self.runtime_restart_grace_s is not None \
+                and now - pending[0] >= self.runtime_restart_grace_s:
+            self._exit_pending = None
+            f = pending[1]
+            out.append(Finding(target=f.target, kind=f.kind, severity=f.severity, evidence=f.evidence,
+                               source=f.source, summary=f"{f.summary}; its runtime did not start it again within "
+                               f"{self.runtime_restart_grace_s:g} s"))
+        return out + self._crash_loop_over(now)
+
+    def _crash_loop_over(self, now: float) -> list[Finding]:
         if not self._crash_loop or self._ready_since is None:
             return []
         if now - self._ready_since < self.crash_loop_healthy_s:
@@ -296,6 +312,7 @@ class HealthDetector:
         """The runtime (docker restart policy, systemd Restart=) or an operator started the target: no
         incident; probes start over, and an operator stop is over (the watchdog watches again)."""
         self._restarted()
+        self._exit_pending = None  # the runtime brought it back: nothing to report
         if self.operator_stop is None:
             return []
         how, self.operator_stop = self.operator_stop, None
@@ -329,10 +346,12 @@ class HealthDetector:
                 return []  # the watchdog's own restart/stop, or an operator's stop: not a crash
             code = ev.exit_code
             note = " (vLLM exits 0 after its engine dies)" if code == 0 else ""
-            out.append(self._f(
-                IncidentKind.SERVICE_DOWN, Severity.P0, f"vLLM process exited with code {code}{note}",
-                exit_code=code, runtime_event=ev.kind,
-            ))
+            down = self._f(IncidentKind.SERVICE_DOWN, Severity.P0, f"vLLM process exited with code {code}{note}",
+                           exit_code=code, runtime_event=ev.kind)
+            if self.runtime_restart_grace_s is None:
+                out.append(down)
+            else:  # its runtime restarts it: report only if it does not within the grace (tick)
+                self._exit_pending = (now, down)
             out.extend(self._count_exit(now))
         elif ev.kind in START_EVENTS and not caused_by_watchdog:
             out.extend(self.on_external_start(now))
