@@ -70,14 +70,13 @@ def _fmt_loc(loc: Sequence[str | int]) -> str:
     return out or "(top level)"
 
 
-def _model_at(loc: Sequence[str | int], root: Any = WatchdogConfig) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at `loc` (for 'known keys' hints)."""
+def _ann_at(loc: Sequence[str | int], root: Any = WatchdogConfig) -> Any:
+    """The (unwrapped) annotation of the value at `loc`; a union tag in `loc` picks that member."""
     model: Any = _unwrap(root)
     for part in loc:
         if isinstance(part, int):
             continue
         if typing.get_origin(model) in (typing.Union, types.UnionType):
-            # a discriminated-union tag in the loc ('docker'): the member whose `type` is that tag
             tagged = [m for m in typing.get_args(model) if _tag_of(m) == part]
             model = tagged[0] if tagged else None
             continue
@@ -87,19 +86,18 @@ def _model_at(loc: Sequence[str | int], root: Any = WatchdogConfig) -> type[Base
         if field is None:
             return None
         model = _unwrap(field.annotation)
+    return model
+
+
+def _model_at(loc: Sequence[str | int], root: Any = WatchdogConfig) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (for 'known keys' hints)."""
+    model = _ann_at(loc, root)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
 def _is_tag(shown: Sequence[str | int], part: str, root: Any) -> bool:
     """True when `part` is a discriminated-union tag inserted by pydantic into an error location."""
-    if not shown:
-        ann = _unwrap(root)
-    else:
-        parent = _model_at(shown[:-1], root)
-        field = parent.model_fields.get(str(shown[-1])) if parent is not None else None
-        if field is None:
-            return False
-        ann = _unwrap(field.annotation)
+    ann = _ann_at(shown, root)
     return typing.get_origin(ann) in (typing.Union, types.UnionType) and any(
         _tag_of(m) == part for m in typing.get_args(ann)
     )
@@ -194,6 +192,9 @@ def problem_from_error(
             continue
         shown.append(p)
     msg, fix = _fix_for(kind, err, loc, shown, root)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        shown.append("type")
+        loc = (*loc, "type")
     full: Loc = (*prefix, *loc)
     line = lines.line_for(full)[0] if lines is not None else None
     source = file

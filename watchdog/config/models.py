@@ -180,7 +180,8 @@ class AlertmanagerIngress(Strict):
                                      description="Labels naming the target, first present wins")
     severities: dict[str, SeverityName] = Field(default_factory=lambda: dict(_AM_SEVERITIES),
                                                 description="severity label → P0..P3")
-    default_severity: SeverityName = "P2"
+    default_severity: SeverityName = Field("P2", description="Severity of an alert whose severity label is "
+                                           "not in `severities`")
 
 
 class HttpConfig(Strict):
@@ -191,9 +192,10 @@ class HttpConfig(Strict):
                       "state_dir/http.port)")
     enabled: bool = Field(True, description="Serve the endpoint")
     status_url: str | None = Field(None, description="Public link to this watchdog, used in notifications")
-    tls: TlsServer = TlsServer()
+    tls: TlsServer = Field(default_factory=TlsServer, description="Serve the endpoint over TLS")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused (413)")
-    alertmanager: AlertmanagerIngress = AlertmanagerIngress()
+    alertmanager: AlertmanagerIngress = Field(default_factory=AlertmanagerIngress, description="How alerts "
+                                              "posted by Alertmanager become findings")
 
 
 class AuthConfig(Strict):
@@ -220,7 +222,7 @@ class GuardSettings(Strict):
     max_attempts: int = Field(10, ge=1, description="Actions on the target within window_s before paging")
     window_s: float = Field(3600.0, gt=0, description="Window of the max_attempts budget")
     backoff_initial_s: float = Field(10.0, ge=0, description="CrashLoopBackOff: 10 s doubling …")
-    backoff_factor: float = Field(2.0, ge=1)
+    backoff_factor: float = Field(2.0, ge=1, description="Each further attempt waits this many times longer")
     backoff_max_s: float = Field(300.0, ge=0, description="… to this cap")
     backoff_reset_s: float = Field(600.0, gt=0, description="… reset after this long without an action")
 
@@ -243,7 +245,8 @@ class RemediationConfig(Strict):
         description="User policy files, merged over the shipped policies by name (same name overrides, "
         "`enabled: false` disables)",
     )
-    defaults: RemediationDefaults = RemediationDefaults()
+    defaults: RemediationDefaults = Field(default_factory=RemediationDefaults, description="Guards every "
+                                          "policy inherits unless it sets its own")
 
 
 class WatchdogConfig(Strict):
@@ -252,8 +255,8 @@ class WatchdogConfig(Strict):
     )
     state_dir: Path = Field(Path("/var/lib/vllm-watchdog"), description="Durable state: incidents, "
                             "outbox, attempt ledger, config snapshots (must be writable)")
-    http: HttpConfig = HttpConfig()
-    auth: AuthConfig = AuthConfig()
+    http: HttpConfig = Field(default_factory=HttpConfig, description="The watchdog's HTTP endpoint")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Bearer token of the write endpoints")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="The watchdog's own log")
     targets: list[TargetConfig] = Field(min_length=1, description="The vLLM servers to watch")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Receivers and routing")

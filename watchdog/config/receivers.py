@@ -78,7 +78,7 @@ class SecretRef(Strict):
 class WebhookReceiverConfig(ReceiverBase):
     """Generic JSON webhook (schema: docs/webhook-schema.md), optionally Standard-Webhooks signed."""
 
-    type: Literal["webhook"] = "webhook"
+    type: Literal["webhook"] = Field("webhook", description="Receiver kind")
     url: str | None = Field(None, description="Endpoint URL when it holds no credential (else url_env/url_file)")
     url_env: str | None = Field(None, description="Environment variable holding the endpoint URL")
     url_file: Path | None = Field(None, description="File holding the endpoint URL")
@@ -120,7 +120,7 @@ class WebhookReceiverConfig(ReceiverBase):
 class SlackReceiverConfig(ReceiverBase):
     """Slack incoming webhook. The URL is a secret: give url_env or url_file."""
 
-    type: Literal["slack"] = "slack"
+    type: Literal["slack"] = Field("slack", description="Receiver kind")
     url_env: str | None = Field(None, description="Environment variable holding the incoming-webhook URL")
     url_file: Path | None = Field(None, description="File holding the incoming-webhook URL")
     min_interval_s: float = Field(1.0, ge=0, description="At most one message per this many seconds")
@@ -138,7 +138,7 @@ class SlackReceiverConfig(ReceiverBase):
 class PagerDutyReceiverConfig(ReceiverBase):
     """PagerDuty Events API v2. The integration (routing) key is a secret: routing_key_env/_file."""
 
-    type: Literal["pagerduty"] = "pagerduty"
+    type: Literal["pagerduty"] = Field("pagerduty", description="Receiver kind")
     routing_key_env: str | None = Field(None, description="Environment variable holding the integration key")
     routing_key_file: Path | None = Field(None, description="File holding the integration key")
     url: str = Field(DEFAULT_PAGERDUTY_URL, description="Events API endpoint (change only for a proxy or tests)")
@@ -165,7 +165,7 @@ class PagerDutyReceiverConfig(ReceiverBase):
 class AlertmanagerReceiverConfig(ReceiverBase):
     """Prometheus Alertmanager v2 API; several `urls` for an HA cluster."""
 
-    type: Literal["alertmanager"] = "alertmanager"
+    type: Literal["alertmanager"] = Field("alertmanager", description="Receiver kind")
     urls: list[str] = Field(min_length=1, description="Base URLs, e.g. http://alertmanager:9093 (one per HA peer)")
     resolve_window_s: float = Field(
         240.0, gt=0, description="endsAt = now + this while open; the dispatcher must re-send before it passes"
@@ -211,7 +211,7 @@ class AlertmanagerReceiverConfig(ReceiverBase):
 class EmailReceiverConfig(ReceiverBase):
     """SMTP mail. The password is a secret: password_env/_file."""
 
-    type: Literal["email"] = "email"
+    type: Literal["email"] = Field("email", description="Receiver kind")
     host: str = Field(description="SMTP server host name")
     port: int | None = Field(None, ge=1, le=65535, description="Default: 587 starttls, 465 ssl, 25 none")
     security: Literal["starttls", "ssl", "none"] = Field("starttls", description="How the connection is encrypted")
@@ -247,7 +247,7 @@ class EmailReceiverConfig(ReceiverBase):
 class LogReceiverConfig(ReceiverBase):
     """The structured log (stdout/journal)."""
 
-    type: Literal["log"] = "log"
+    type: Literal["log"] = Field("log", description="Receiver kind")
     level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "warning", description="Log level of the notification event"
     )

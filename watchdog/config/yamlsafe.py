@@ -23,6 +23,23 @@ MAX_BYTES = 1 << 20
 """Largest config, policy or catalog file accepted (1 MiB); real ones are a few KiB."""
 MAX_NODES = 100_000
 """Most YAML nodes a document may have once aliases are expanded (an alias bomb has billions)."""
+MAX_DEPTH = 64
+"""Deepest nesting of mappings/sequences accepted (real files nest under 10; the composer recurses)."""
+
+_FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where nesting passes `MAX_DEPTH`, from the event stream (which does not recurse)."""
+    depth = 0
+    for ev in yaml.parse(text, Loader=_FAST_LOADER):
+        if isinstance(ev, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return ev.start_mark.line + 1 if ev.start_mark is not None else None
+        elif isinstance(ev, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
@@ -75,6 +92,10 @@ def parse_yaml(text: str, file: str, *, field: str = "(yaml)") -> tuple[Any, yam
                                    "a watchdog config is a few KiB: split it or remove generated content")])
     loader = yaml.SafeLoader(text)
     try:
+        deep_at = _too_deep(text)
+        if deep_at is not None:
+            raise ConfigError([Problem(file, deep_at, field, f"is nested more than {MAX_DEPTH} levels deep",
+                                       "flatten the document")])
         node = loader.get_single_node()
         if node is None:
             return None, None
@@ -121,4 +142,4 @@ def read_capped(path: Path | str, *, what: str = "(file)", fix: str = "pass --co
         raise ConfigError([Problem(str(p), None, what, "is not UTF-8 text", "save it as UTF-8")]) from None
 
 
-__all__ = ["MAX_BYTES", "MAX_NODES", "parse_yaml", "read_capped"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "parse_yaml", "read_capped"]

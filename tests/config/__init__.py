@@ -1,0 +1,1 @@
+"""Tests of the configuration schema, the loader, preflight (check --live) and the generated reference."""
