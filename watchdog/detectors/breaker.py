@@ -16,37 +16,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
+from watchdog.adapters.http import fetch_text
 from watchdog.clock import Clock
+from watchdog.config.detectors import BreakerSettings
 from watchdog.detectors.thresholds import EdgeTracker, LevelEdge
 from watchdog.model import Finding, IncidentKind, LogLine, ProbeResult, Severity, Status
-from watchdog.probes.metrics import fetch_text
 from watchdog.vllm_metrics import parse_families
 
 REMEDY = "reset the breaker via http_call once vLLM is ready"
 OPEN_LINE = re.compile(r"circuit breaker is open", re.IGNORECASE)
 CLOSED_LINE = re.compile(r"circuit breaker is (?:closed|half[-_ ]?open)", re.IGNORECASE)
-
-
-class BreakerSettings(BaseModel):
-    """Where and how to read the application's circuit breaker."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str | None = Field(None, description="The application's Prometheus metrics URL (e.g. "
-                            "http://127.0.0.1:9100/metrics). None: only log lines are used.")
-    gauge: str = Field("cir3_circuit_breaker_state", min_length=1, description="Name of the breaker gauge.")
-    open_value: float = Field(1.0, description="Gauge value that means OPEN (e.g. 0 closed, 1 open, 2 half-open).")
-    labels: dict[str, str] = Field(default_factory=dict, description="Only series with these label values "
-                                   "count (e.g. {breaker: vllm}).")
-    timeout_s: float = Field(5.0, gt=0, description="Scrape timeout.")
-    open_for_s: float = Field(30.0, ge=0, description="The breaker must stay open (with vLLM ready) this long.")
-    clear_for_s: float = Field(0.0, ge=0, description="Closed this long before the finding resolves.")
-    log_open_ttl_s: float = Field(600.0, gt=0, description="Without a gauge, an OPEN log line counts as open "
-                                  "for this long unless a newer line says closed.")
-    require_ready: bool = Field(True, description="Only report while vLLM readiness passes (the breaker is "
-                                "expected to be open while vLLM is down).")
 
 
 class BreakerProbe:

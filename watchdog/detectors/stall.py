@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from watchdog.model import Finding, IncidentKind, ProbeResult, Progress, Severity, Status
+from watchdog.config.detectors import StallSettings
+from watchdog.model import Finding, IncidentKind, ProbeResult, Progress, Status
 from watchdog.vllm_metrics import MetricsSnapshot, ModelMetrics, reset_between
 
 REMEDY = (
@@ -27,18 +26,6 @@ REMEDY = (
     "restart; if it stalls again right after the restart, reset the GPU or reboot the host (reference/vllm.md "
     "§3.8); for TP>1 consider --disable-custom-all-reduce or NCCL_P2P_DISABLE=1"
 )
-
-
-class StallSettings(BaseModel):
-    """When a busy engine with frozen token counters is declared hung."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    stall_after_s: float = Field(30.0, gt=0, description="Seconds with requests running or waiting and no "
-                                 "token/step progress before `engine_hung` (P0) opens.")
-    min_demand: float = Field(1.0, gt=0, description="running + waiting must be at least this for the engine "
-                              "to be expected to make progress.")
-    severity: Severity = Field(Severity.P0, description="Severity of `engine_hung`.")
 
 
 @dataclass

@@ -30,6 +30,7 @@ import httpx
 from watchdog.adapters.http import RECEIVER_REPLY_CAP, request_capped
 from watchdog.clock import Clock, SystemClock
 from watchdog.config.receivers import SecretRef, WebhookReceiverConfig
+from watchdog.config.urls import secret_url_problem
 from watchdog.errors import ConfigError, Problem
 from watchdog.model import Delivery, DeliveryOutcome, Notification
 from watchdog.notify.render import Message, ReceiverBase, build_message, cap_bytes, compile_template, fmt_value
@@ -305,10 +306,10 @@ class WebhookNotifier(HttpNotifierBase):
         field = f"notify.receivers.{name}"
         url_secret = optional_secret(cfg.url_env, cfg.url_file, field=f"{field}.url", base_dir=base_dir, source=source)
         self._url = url_secret.reveal() if url_secret is not None else str(cfg.url)
-        if not re.match(r"https?://", self._url):
-            raise ConfigError(
-                [Problem(source, None, f"{field}.url", "the URL does not start with http:// or https://", "fix it")]
-            )
+        bad_url = secret_url_problem(self._url)
+        if bad_url is not None:
+            src = f"{field}.url_env" if cfg.url_env else f"{field}.url_file" if cfg.url_file else f"{field}.url"
+            raise ConfigError([Problem(source, None, src, bad_url, "fix the URL the secret holds")])
         signing = optional_secret(
             cfg.secret_env, cfg.secret_file, field=f"{field}.secret", base_dir=base_dir, source=source
         )
