@@ -132,6 +132,7 @@ def test_detector_maps_dedups_and_escalates(table: XidTable) -> None:
         ("host", "gpu_lost", Severity.P0, 154)]
     f = out[0]
     assert f.labels == {"gpu": BUS} and f.source == "kernel" and "reboot" in f.remedy
+    assert out[1].labels == {"gpu": UUID.lower()}  # the NVML detector's label, learnt from the driver line
     assert f.evidence["nvidia_action"] == "RESTART_BM" and f.evidence["restart_helps"] is False
     assert f.evidence["pid"] == 312 and f.evidence["line_at"] == 9.0
     assert out[1].evidence["gpu_uuid"] == UUID.lower()
@@ -140,12 +141,13 @@ def test_detector_maps_dedups_and_escalates(table: XidTable) -> None:
 
 
 def test_bus_map_update_and_reset(table: XidTable) -> None:
-    """A new bus map routes the next Xid to the new target; reset(target) forgets only that target."""
+    """A new bus map routes the next Xid to the new target (labelled with the UUID given with it);
+    reset(target) forgets only that target."""
     d = KernelDetector(table)
     xid = [LogLine("NVRM: Xid (PCI:0000:3b:00): 94, pid=1, name=python3, Contained: CE User Channel")]
-    assert [f.target for f in d.observe_lines(xid, 1.0)] == ["host"]
-    d.set_bus_map({"3b:00.0": ["vllm"]})
-    assert [f.target for f in d.observe_lines(xid, 2.0)] == ["vllm"]
+    assert [(f.target, f.labels["gpu"]) for f in d.observe_lines(xid, 1.0)] == [("host", BUS)]
+    d.set_bus_map({"3b:00.0": ["vllm"]}, uuids={"00000000:3B:00.0": UUID})
+    assert [(f.target, f.labels["gpu"]) for f in d.observe_lines(xid, 2.0)] == [("vllm", UUID.lower())]
     d.reset("host")
     assert [f.target for f in d.observe_lines(xid, 3.0)] == []  # vllm is within repeat_s, host has no map now
     d.reset()

@@ -5,8 +5,10 @@ to it. Stage: detect.
 What an Xid means, how bad it is and whether a restart helps comes from the Xid table
 (`watchdog/data/xid_catalog.yaml`, NVIDIA's catalog). One finding per (target, GPU, Xid) and `repeat_s`
 window (a flood of Xid 13 is one finding); the incident fingerprint is the target, the kind and the GPU,
-so Xid 48 then 63 on one GPU update one `gpu_ecc` incident. Xid 154 (recovery action changed) is raised
-to P0 when the driver says the node must be rebooted.
+so Xid 48 then 63 on one GPU update one `gpu_ecc` incident. The GPU label is its UUID when known (given
+with the bus map, or learnt from the driver's `NVRM: GPU at PCI:…: GPU-…` line), the label the NVML GPU
+detector uses, so an Xid seen both through NVML and the kernel log is one incident; else the bus id.
+Xid 154 (recovery action changed) is raised to P0 when the driver asks for a GPU reset or a node reboot.
 
 Never does I/O, never acts, never raises on a line.
 """
@@ -21,6 +23,7 @@ from watchdog.detectors.xid import (
     XidInfo,
     XidTable,
     build_bus_map,
+    normalize_bus_id,
     parse_gpu_uuid,
     parse_xid,
     targets_for,
@@ -36,17 +39,27 @@ class KernelDetector:
     name = "kernel"
 
     def __init__(self, table: XidTable | None = None, bus_map: Mapping[str, Sequence[str]] | None = None,
-                 host_target: str = HOST_TARGET, repeat_s: float = 300.0) -> None:
+                 host_target: str = HOST_TARGET, repeat_s: float = 300.0,
+                 uuids: Mapping[str, str] | None = None) -> None:
         self.table = table or XidTable.load()
         self.host_target = host_target
         self.repeat_s = repeat_s
         self._bus_map: dict[str, tuple[str, ...]] = build_bus_map(bus_map or {})
-        self._uuids: dict[str, str] = {}  # bus id → GPU UUID, learnt from "NVRM: GPU at PCI:…: GPU-…"
+        self._uuids: dict[str, str] = {}  # bus id → GPU UUID (given, or from "NVRM: GPU at PCI:…: GPU-…")
         self._last: dict[tuple[str, str, int], float] = {}
+        self._add_uuids(uuids or {})
 
-    def set_bus_map(self, bus_map: Mapping[str, Sequence[str]]) -> None:
-        """Replace the GPU (bus id or UUID) → target names mapping."""
+    def set_bus_map(self, bus_map: Mapping[str, Sequence[str]], uuids: Mapping[str, str] | None = None) -> None:
+        """Replace the GPU (bus id or UUID) → target names mapping; `uuids` (bus id → GPU UUID, e.g. from
+        NVML) are added to the known ones."""
         self._bus_map = build_bus_map(bus_map)
+        self._add_uuids(uuids or {})
+
+    def _add_uuids(self, uuids: Mapping[str, str]) -> None:
+        for bus, uuid in uuids.items():
+            key = normalize_bus_id(bus)
+            if key is not None:
+                self._uuids[key] = uuid.strip().lower()
 
     def reset(self, target: str | None = None) -> None:
         """Forget what was reported (for one target, or all), e.g. after a GPU reset."""
@@ -94,7 +107,7 @@ class KernelDetector:
             severity=severity,
             summary=f"kernel: Xid {ev.code} on {where}: {info.meaning}",
             active=True,
-            labels={"gpu": ev.bus_id},
+            labels={"gpu": self._uuids.get(ev.bus_id, ev.bus_id)},
             evidence={
                 "xid": ev.code,
                 "mnemonic": info.mnemonic,
