@@ -1,11 +1,14 @@
 """Classify vLLM log lines with a pattern catalog (data: `watchdog/data/log_patterns.yaml`, overridable),
-and turn the first occurrence of each failure class into a Finding. Stage: detect.
+and turn each start-up/crash window into one Finding naming its root cause. Stage: detect.
 
 The catalog holds regex *families* for every vLLM version of reference/vllm.md §3 (log strings change
-between versions). Each entry names an incident kind, a severity, whether a restart helps, and the
-remedy of the §3.8 decision table. Speed: one combined alternation of the (lower-case) keywords is
-searched first in the lower-cased line; only the rare line that contains a keyword runs the entry
-regexes, in catalog order (first match wins). Lines are classified on their first `MAX_CLASSIFY_CHARS` characters.
+between versions). Each entry names an incident kind, a severity, whether a restart helps, the remedy of
+the §3.8 decision table, where it may match (`anchor: start`: where the emitting component's message or
+an exception line starts, see `logshape`) and its root-cause `precedence`. vLLM's request/response
+logging (`Received request …`, `Generated response …`) is never evidence, whatever the prompt quotes.
+Speed: the (lower-case) keywords, compiled as one trie regex, are searched first in the lower-cased line;
+only the rare line that contains a keyword is shaped and runs the entry regexes, in catalog order (first
+match wins). Lines are classified on their first `MAX_CLASSIFY_CHARS` characters.
 
 This module never does I/O except reading the catalog files at load time, never acts, and never
 raises on a log line. A bad catalog file raises `ConfigError` with `Problem`s naming the file, the
@@ -24,6 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from watchdog.config.loader import problem_from_error
 from watchdog.config.yamlsafe import parse_yaml, read_capped
 from watchdog.detectors.logshape import anchor_points, is_echo
 from watchdog.errors import ConfigError, Problem
@@ -163,10 +167,11 @@ class LogCatalog:
             try:
                 spec = PatternSpec.model_validate(raw)
             except ValidationError as e:
-                for err in e.errors():
-                    fld = ".".join(str(x) for x in err["loc"]) or "entry"
+                for err in e.errors(include_input=False):  # the project's one converter: did-you-mean, bounds
+                    prob = problem_from_error(err, file, None, raw, PatternSpec)
+                    fld = prob.field if prob.field != "(top level)" else "entry"
                     problems.append(Problem(file, lines.get(fld, lines.get("", None)), f"{label}.{fld}",
-                                            err["msg"], _fix_for(fld)))
+                                            prob.message, prob.fix or _fix_for(fld)))
                 continue
             if not spec.enabled:
                 continue
