@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from watchdog.config import load_text
 from watchdog.config.models import WatchdogConfig
 from watchdog.config.runtimes import DockerRuntimeSettings, ProcessRuntimeSettings, SystemdRuntimeSettings
+from watchdog.detectors.logs import LogCatalog
 from watchdog.errors import ConfigError
 from watchdog.notify.notifiers import parse_receiver
 from watchdog.notify.routing import parse_route
@@ -119,3 +122,12 @@ def test_no_second_runtime_settings_class_exists() -> None:
     assert docker_adapter.DockerRuntimeSettings is DockerRuntimeSettings
     assert not hasattr(models, "DockerRuntimeConfig")
     assert not hasattr(models, "ReceiverConfig")
+
+
+def test_log_catalog_typo_goes_through_the_same_converter(tmp_path: Path) -> None:
+    """A typo in a log-catalog override gets the loader's did-you-mean (aliases such as `class` included)."""
+    cat = tmp_path / "cat.yaml"
+    cat.write_text("patterns:\n  - id: x\n    clas: engine_crash\n")
+    with pytest.raises(ConfigError) as ei:
+        LogCatalog.load(cat)
+    assert f"{cat}:3: patterns[x].clas: unknown key 'clas' (did you mean 'class'? known keys: " in str(ei.value)

@@ -148,7 +148,7 @@ def _fix_for(kind: str, err: Mapping[str, Any], loc: Loc, shown: list[str | int]
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1], root)
-        known = sorted(parent.model_fields) if parent else []
+        known = sorted(f.alias or n for n, f in parent.model_fields.items()) if parent else []
         name = str(shown[-1]) if shown else ""
         close = difflib.get_close_matches(name, known, n=1)
         return f"unknown key '{name}'", (f"did you mean '{close[0]}'? " if close else "") + (
