@@ -271,6 +271,25 @@ def test_request_echoes_are_never_evidence(catalog: LogCatalog, line: str) -> No
     assert catalog.classify(line) is None
 
 
+@pytest.mark.parametrize(("line", "cls"), [
+    ('{"time": "2026-10-01T12:10:11Z", "level": "ERROR", "message": "EngineCore encountered a fatal error."}',
+     "engine_crash"),
+    ("\x1b[31mERROR\x1b[0m 10-01 12:10:11 [core.py:710] torch.OutOfMemoryError: CUDA out of memory. Tried to "
+     "allocate 2 GiB", "runtime_oom"),
+])
+def test_json_records_and_colour_codes(catalog: LogCatalog, line: str, cls: str) -> None:
+    """A JSON-formatted record is anchored at its message; ANSI colour codes do not hide a failure."""
+    m = catalog.classify(line)
+    assert m is not None and m.cls == cls
+
+
+def test_json_echo_is_not_evidence(catalog: LogCatalog) -> None:
+    """A JSON-formatted request echo is still an echo."""
+    line = ('{"level": "INFO", "message": "Received request c1: prompt: \'RuntimeError: No CUDA GPUs are '
+            'available\', params: SamplingParams(n=1)"}')
+    assert catalog.classify(line) is None
+
+
 @pytest.mark.parametrize("line", [
     "2026-10-01 12:06:00,120 INFO app.chat: user asked why vLLM prints RuntimeError: No CUDA GPUs are available",
     "(APIServer pid=1) WARNING 10-01 12:00:21 [cuda.py:240] if you see CUDA out of memory errors lower the utilization",

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watchdog.config.loader import problem_from_error
 from watchdog.config.yamlsafe import parse_yaml, read_capped
-from watchdog.detectors.logshape import anchor_points, is_echo
+from watchdog.detectors.logshape import ANSI, anchor_points, is_echo
 from watchdog.errors import ConfigError, Problem
 from watchdog.model import Finding, IncidentKind, JSONValue, LogLine, ProbeResult, Severity
 
@@ -216,6 +216,8 @@ class LogCatalog:
         low = text.lower()
         if not self._always and (self._prefilter is None or self._prefilter.search(low) is None):
             return None
+        if "\x1b" in text:  # colour codes of a TTY-attached container
+            text = ANSI.sub("", text)
         if is_echo(text):
             return None
         points: tuple[int, ...] | None = None

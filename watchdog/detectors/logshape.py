@@ -3,10 +3,11 @@ whether it is vLLM's request/response logging (an *echo*). Stage: detect (helper
 
 A vLLM line is `[docker timestamp] [(Proc pid=N)] [[rankN]:] LEVEL MM-DD HH:MM:SS [file.py:N] message`
 (0.6.x writes `file.py:N]` without the opening bracket; every line of a multi-line record carries the
-header, so traceback lines do too). Uvicorn writes `LEVEL:     message`, torch's C++ logging
-`[E ProcessGroupNCCL.cpp:563] [Rank 0] message`, and an exception line is `[module.]Class: message` or
-the repr `Class('message…')`. `anchor_points` returns the offsets where a catalog entry with
-`anchor: start` may begin to match: the body start, the message start, and after an exception class.
+header, so traceback lines do too; a JSON formatter puts the record in `"message": "…"`). Uvicorn writes
+`LEVEL:     message`, torch's C++ logging `[E ProcessGroupNCCL.cpp:563] [Rank 0] message`, and an
+exception line is `[module.]Class: message` or the repr `Class('message…')`. `anchor_points` returns
+the offsets where a catalog entry with `anchor: start` may begin to match: the body start, the message
+start, and after an exception class.
 `is_echo` is true for the request/response logging of `vllm/entrypoints/logger.py` (`Received request`,
 `Generated response`, `Request … details/JSON body`) and the engines' `Added/Aborted/Finished request`
 lines: a user prompt that quotes a stack trace is never failure evidence.
@@ -35,6 +36,9 @@ _CPP_HEADER = re.compile(r"\[[EWIF][\d:. ]*[\w.]*\.(?:cpp|hpp|cc|h):\d+\]\s*(?:\
 _EXCEPTION = re.compile(
     r"(?:[A-Za-z_]\w*\.)*(?P<cls>[A-Z]\w*(?:Error|Exception|Interrupt|Exit))(?::\s*|\(['\"])"
 )
+# a JSON-formatted record (VLLM_LOGGING_CONFIG_PATH with a JSON formatter): its message value
+_JSON_MESSAGE = re.compile(r'\{[^{}]*?"(?:message|msg)"\s*:\s*"')
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ECHO = re.compile(
     r"(?:Received request|Generated response|Added request|Aborted request|Finished request"
     r"|Request \S+ (?:details|JSON body))\b"
@@ -45,6 +49,10 @@ def message_start(text: str) -> tuple[int, int]:
     """(body start after the envelope, message start after a vLLM/uvicorn/C++ record header)."""
     m = _ENVELOPE.match(text)
     body = m.end() if m else 0
+    if text.startswith("{", body):
+        j = _JSON_MESSAGE.match(text, body)
+        if j is not None:
+            body = j.end()
     for hdr in (_VLLM_HEADER, _CPP_HEADER, _UVICORN_HEADER):
         h = hdr.match(text, body)
         if h is not None:
@@ -69,4 +77,4 @@ def is_echo(text: str) -> bool:
     return _ECHO.match(text, msg) is not None
 
 
-__all__ = ["anchor_points", "is_echo", "message_start"]
+__all__ = ["ANSI", "anchor_points", "is_echo", "message_start"]
