@@ -13,6 +13,7 @@ from watchdog.detectors.xid import (
     parse_gpu_uuid,
     parse_xid,
     targets_for,
+    visible_gpu_keys,
 )
 from watchdog.model import IncidentKind, LogLine, Severity
 
@@ -152,3 +153,22 @@ def test_bus_map_update_and_reset(table: XidTable) -> None:
     assert [f.target for f in d.observe_lines(xid, 3.0)] == []  # vllm is within repeat_s, host has no map now
     d.reset()
     assert [f.target for f in d.observe_lines(xid, 4.0)] == ["vllm"]
+
+
+@pytest.mark.parametrize(("cvd", "want"), [
+    (None, [BUS, "0000:5e:00"]),
+    ("1", ["0000:5e:00"]),
+    ("0,1", [BUS, "0000:5e:00"]),
+    (UUID, [UUID.lower()]),
+    (f"MIG-{UUID}/1/0", [UUID.lower()]),
+    ("0,7,1", [BUS]),
+    ("", []),
+    ("-1", []),
+])
+def test_visible_gpu_keys(cvd: str | None, want: list[str]) -> None:
+    """CUDA_VISIBLE_DEVICES (indices, UUIDs, MIG ids; CUDA stops at an invalid entry) gives bus-map keys."""
+    assert visible_gpu_keys(cvd, {0: BUS, 1: "0000:5e:00"}) == want
+    bm = build_bus_map({key: ["vllm"] for key in want})
+    for k in want:  # every key routes an Xid of that GPU to the target (a UUID through the learnt bus→UUID)
+        bus = "0000:aa:00" if k.startswith("gpu-") else k
+        assert targets_for(bus, bm, {"0000:aa:00": k}) == ("vllm",)

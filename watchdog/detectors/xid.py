@@ -161,6 +161,27 @@ def build_bus_map(entries: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, 
     return out
 
 
+def visible_gpu_keys(cuda_visible_devices: str | None, bus_by_index: Mapping[int, str]) -> list[str]:
+    """Bus-map keys of the GPUs a target sees: `CUDA_VISIBLE_DEVICES` entries are host GPU indices (turned
+    into bus ids through `bus_by_index`, e.g. from NVML or `nvidia-smi --query-gpu=index,pci.bus_id`) or
+    GPU UUIDs (`GPU-…`; a MIG id `MIG-GPU-…/…` names its parent GPU). Unset means every GPU; "" or -1
+    (or an unknown index) none."""
+    if cuda_visible_devices is None:
+        return [b for _i, b in sorted(bus_by_index.items())]
+    keys: list[str] = []
+    for raw in cuda_visible_devices.split(","):
+        item = raw.strip()
+        if item.upper().startswith("MIG-GPU-"):
+            item = item[4:].split("/", 1)[0]
+        if item.lower().startswith("gpu-"):
+            keys.append(item.lower())
+        elif item.isdigit() and int(item) in bus_by_index:
+            keys.append(bus_by_index[int(item)])
+        else:
+            break  # CUDA stops at the first invalid entry
+    return keys
+
+
 def targets_for(bus_id: str, bus_map: Mapping[str, Sequence[str]], uuids: Mapping[str, str] | None = None,
                 host_target: str = HOST_TARGET) -> tuple[str, ...]:
     """The targets using the GPU at `bus_id` (by bus id, else by its UUID when known); `(host_target,)`
@@ -173,4 +194,4 @@ def targets_for(bus_id: str, bus_map: Mapping[str, Sequence[str]], uuids: Mappin
 
 
 __all__ = ["HOST_TARGET", "XidEvent", "XidInfo", "XidTable", "build_bus_map", "normalize_bus_id", "parse_gpu_uuid",
-           "parse_xid", "targets_for", "unknown_xid"]
+           "parse_xid", "targets_for", "unknown_xid", "visible_gpu_keys"]
