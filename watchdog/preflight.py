@@ -24,19 +24,22 @@ import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from watchdog.api import exposure_problem, tls_from
 from watchdog.clock import SystemClock
 from watchdog.config.loader import LineMap, line_map_of
 from watchdog.config.models import TargetConfig, WatchdogConfig
 from watchdog.config.runtimes import DockerRuntimeSettings, ProcessRuntimeSettings, SystemdRuntimeSettings
-from watchdog.errors import ConfigError, Problem, RuntimeUnavailable
+from watchdog.errors import ConfigError, Problem, RuntimeUnavailable, WatchdogError
 from watchdog.extras import check_extras
 from watchdog.model import RunState
 from watchdog.notify.receivers import build_all, check_notify
 from watchdog.runtimes import build_runtime
 from watchdog.secrets import resolve_secret
+from watchdog.web.auth import load_token
 
 RUNTIME_TIMEOUT_S = 10.0
 """Deadline of one runtime reachability check (a hung Docker daemon must not hang `check`)."""
@@ -179,16 +182,53 @@ def port_problem(listen: str, port: int, file: str) -> Problem | None:
     return None
 
 
-def live_problems(cfg: WatchdogConfig, file: str) -> list[Problem]:
-    """What `run` resolves at start, resolved now: secrets, files, state dir, port. `run` refuses on any."""
-    problems = [*_secret_problems(cfg, file), *_file_problems(cfg, file)]
+def endpoint_problems(cfg: WatchdogConfig, file: str) -> list[Problem]:
+    """The HTTP endpoint as the daemon starts it: token, TLS files, exposure beyond loopback, the port."""
+    h = cfg.http
+    if not h.enabled:
+        return []
+    problems: list[Problem] = []
+    token = tls = False
+    try:
+        token = load_token(cfg.auth) is not None
+    except ConfigError as e:
+        problems.extend(Problem(file, None, p.field, p.message, p.fix) for p in e.problems)
+    try:
+        tls = tls_from(h.tls.cert_file, h.tls.key_file) is not None
+    except WatchdogError as e:
+        problems.append(Problem(file, None, "http.tls", str(e).removeprefix("http.tls: "),
+                                "give readable PEM files that belong together"))
+    exposed = exposure_problem(h.listen, tls=tls, token=token)
+    if exposed is not None and not problems:
+        problems.append(Problem(file, None, "http.listen", exposed.removeprefix("http.listen: "), ""))
+    pp = port_problem(h.listen, h.port, file)
+    if pp is not None:
+        problems.append(pp)
+    return problems
+
+
+def policy_secret_problems(policies: Iterable[Any], file: str) -> list[Problem]:
+    """Secrets named by policy steps (`http_call` token_env/token_file), resolved now instead of at 3 a.m."""
+    problems: list[Problem] = []
+    for pol in policies:
+        for i, step in enumerate(getattr(pol, "steps", [])):
+            env, path = getattr(step, "token_env", None), getattr(step, "token_file", None)
+            if env or path:
+                try:
+                    resolve_secret(env, path, field=f"policies.{pol.name}.steps[{i}].token", source="policies")
+                except ConfigError as e:
+                    problems.extend(e.problems)
+    return problems
+
+
+def live_problems(cfg: WatchdogConfig, file: str, policies: Iterable[Any] = ()) -> list[Problem]:
+    """What `run` resolves at start, resolved now: secrets (also the policies'), files, state dir, the HTTP
+    endpoint and the process command. `run` refuses on any."""
+    problems = [*_secret_problems(cfg, file), *_file_problems(cfg, file), *policy_secret_problems(policies, file)]
     sd = state_dir_problem(cfg.state_dir, file)
     if sd is not None:
         problems.append(sd)
-    if cfg.http.enabled:
-        pp = port_problem(cfg.http.listen, cfg.http.port, file)
-        if pp is not None:
-            problems.append(pp)
+    problems += endpoint_problems(cfg, file)
     problems += [p for p in runtime_problems(cfg, file) if p.field.endswith("runtime.command")]
     return locate(problems, cfg, file)
 
@@ -236,11 +276,20 @@ def runtime_problems(cfg: WatchdogConfig, file: str) -> list[Problem]:
     return [p for p in found if p is not None]
 
 
-def check_live(cfg: WatchdogConfig, file: str) -> list[Problem]:
+def check_live(cfg: WatchdogConfig, file: str, policies: Iterable[Any] = ()) -> list[Problem]:
     """Everything `check --live` reports: `live_problems` plus runtime reachability."""
     extra = [p for p in runtime_problems(cfg, file) if not p.field.endswith("runtime.command")]
-    return live_problems(cfg, file) + locate(extra, cfg, file)
+    return live_problems(cfg, file, policies) + locate(extra, cfg, file)
 
 
-__all__ = ["check_live", "live_problems", "locate", "offline_problems", "port_problem", "runtime_problems",
-           "state_dir_problem"]
+__all__ = [
+    "check_live",
+    "endpoint_problems",
+    "live_problems",
+    "locate",
+    "offline_problems",
+    "policy_secret_problems",
+    "port_problem",
+    "runtime_problems",
+    "state_dir_problem",
+]

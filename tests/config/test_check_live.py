@@ -168,3 +168,39 @@ def test_run_prints_no_traceback(tmp_path: Path) -> None:
         "in the daemon's environment (systemd: EnvironmentFile=) or use notify.receivers.hook.url_file)",
         "1 problem(s) found",
     ]
+
+
+def test_endpoint_beyond_loopback_without_token_and_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listening beyond loopback without a token and TLS is refused before start, not by a crash in run."""
+    monkeypatch.setenv("WD_TEST_HOOK", "http://127.0.0.1:9/")
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("http: {port: 0}", "http: {port: 0, listen: 0.0.0.0}"))
+    assert_live_only(verdicts(cfg, capsys), f"{cfg}:2: http.listen: '0.0.0.0' is beyond loopback")
+
+
+def test_unset_auth_token_and_missing_tls_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unset auth.token_env and absent http.tls files are live problems at their lines."""
+    monkeypatch.setenv("WD_TEST_HOOK", "http://127.0.0.1:9/")
+    monkeypatch.delenv("WD_TEST_TOKEN", raising=False)
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(
+        "http: {port: 0}", "http: {port: 0, tls: {cert_file: ./c.pem, key_file: ./k.pem}}\nauth: {token_env: "
+        "WD_TEST_TOKEN}"))
+    v = verdicts(cfg, capsys)
+    assert_live_only(v, f"{cfg}:3: auth.token_env: environment variable WD_TEST_TOKEN is not set")
+    assert f"{cfg}:2: http.tls: cannot load {tmp_path}/c.pem / {tmp_path}/k.pem: FileNotFoundError" in v["run"][1]
+
+
+def test_policy_step_secret_is_resolved(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An http_call step's token_env that is not set is reported by check --live and run, not at 3 a.m."""
+    monkeypatch.setenv("WD_TEST_HOOK", "http://127.0.0.1:9/")
+    monkeypatch.delenv("WD_TEST_RESET_TOKEN", raising=False)
+    cfg = write_config(tmp_path)
+    (tmp_path / "pol.yaml").write_text(
+        POLICY + "  - name: breaker\n    match: {kinds: [circuit_breaker_open]}\n    steps:\n"
+        "      - {action: http_call, url: 'http://127.0.0.1:9/reset', token_env: WD_TEST_RESET_TOKEN}\n")
+    assert_live_only(verdicts(cfg, capsys), "policies.breaker.steps[0].token_env: environment variable "
+                     "WD_TEST_RESET_TOKEN is not set")
