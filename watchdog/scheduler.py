@@ -77,7 +77,8 @@ class _Chains:
     def _later(self, job_id: str, fn: JobFn, delay: float) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    async def _link(self, job_id: str, fn: JobFn) -> None:
+    async def _run_link(self, job_id: str, fn: JobFn) -> float:
+        """One run, recorded in the job's health; returns the delay before the next run."""
         nxt = DEFAULT_NEXT_S
         job = self.jobs[job_id]
         job.running_since = self.clock.monotonic()
@@ -90,6 +91,10 @@ class _Chains:
         finally:
             job.running_since = None
             job.last_done = self.clock.monotonic()
+        return nxt
+
+    async def _link(self, job_id: str, fn: JobFn) -> None:
+        nxt = await self._run_link(job_id, fn)
         if not self._stopped:
             self._later(job_id, fn, nxt)
 
@@ -141,12 +146,15 @@ class ClockScheduler(_Chains):
         self._started = True
 
     def _later(self, job_id: str, fn: JobFn, delay: float) -> None:
+        """One task per chain, looping: sleep on the clock, run, sleep for the delay the run returned."""
         if self._stopped:
             return
 
         async def chain() -> None:
-            await self.clock.sleep(max(0.0, delay))
-            await self._link(job_id, fn)
+            nxt = delay
+            while not self._stopped:
+                await self.clock.sleep(max(0.0, nxt))
+                nxt = await self._run_link(job_id, fn)
 
         self._tasks[job_id] = asyncio.get_running_loop().create_task(chain(), name=f"job:{job_id}")
 

@@ -340,10 +340,16 @@ def tls_context(t: TargetConfig) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=str(t.tls.ca_file) if t.tls.ca_file else None)
 
 
+def target_client(t: TargetConfig) -> httpx.AsyncClient:
+    """The HTTP client of one target's probes (never the environment's proxies)."""
+    return httpx.AsyncClient(trust_env=False, verify=tls_context(t), timeout=10.0)
+
+
 def build_target(t: TargetConfig, *, host: WatchHost, clock: Clock, state_dir: Path, runtime: Runtime | None,
-                 api_key: str | None, on_probe_failure: Callable[[str, ProbeResult], None] | None) -> TargetWatch:
+                 api_key: str | None, on_probe_failure: Callable[[str, ProbeResult], None] | None,
+                 client: httpx.AsyncClient | None = None) -> TargetWatch:
     """One target's worker: its HTTP client, up/down probes with trackers, health and log detectors."""
-    client = httpx.AsyncClient(trust_env=False, verify=tls_context(t), timeout=10.0)
+    client = client or target_client(t)
     probes, trackers = build_probes(t, client, clock, api_key, clock.monotonic())
     tw = TargetWatch(cfg=t, runtime=runtime, probes=probes, trackers=trackers,
                      health=HealthDetector(t.name, crash_loop_exits=t.crash_loop_exits,
