@@ -5,9 +5,10 @@ a process (`python hostile_server.py --port N`) so a daemon under a memory cap c
 Routes (any method; the request body is read and ignored):
   /endless    200, chunked, 64 KB chunks forever (until the client hangs up)
   /trickle    200, Content-Length 10 MB, one byte every 0.1 s
-  /huge       200, Content-Length 50 MB
+  /huge       200, Content-Length 50 MB (…/huge500: the same with status 500, a receiver that fails loudly)
   /gzip       200, Content-Encoding gzip: 64 MB of zeros in ~64 KB
   /metrics    200, an endless but well-formed Prometheus page (chunked)
+  /_stats     JSON: requests and bytes sent per path so far
   anything else: 200 with a small JSON body
 It never reads more than the request headers + Content-Length, and stops writing as soon as the peer
 closes: a client that stops reading costs the server nothing but its socket buffer.
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import gzip
+import json
 from collections import Counter
 from functools import lru_cache
 
@@ -97,8 +99,9 @@ class HostileServer:
             while True:
                 await self._send(w, path, b"x")
                 await asyncio.sleep(0.1)
-        elif base == "huge":
-            await self._send(w, path, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % HUGE)
+        elif base in ("huge", "huge500"):
+            status = b"500 Oops" if base == "huge500" else b"200 OK"
+            await self._send(w, path, b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n" % (status, HUGE))
             block = b"y" * CHUNK
             for _ in range(HUGE // CHUNK):
                 await self._send(w, path, block)
@@ -114,6 +117,10 @@ class HostileServer:
                 body = _metrics_chunk(i)
                 await self._send(w, path, b"%x\r\n" % len(body) + body + b"\r\n")
                 i += 1
+        elif base == "_stats":
+            body = json.dumps({"requests": dict(self.requests), "sent": dict(self.sent)}).encode()
+            await self._send(w, path, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
         else:
             body = b'{"ok": true, "data": [], "choices": [{"text": "x"}]}'
             await self._send(w, path, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
