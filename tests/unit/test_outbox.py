@@ -273,3 +273,26 @@ async def test_emergency_notify_and_storage_alarm_need_no_database(tmp_path: Pat
     await alarm.check()
     assert [n.event for n in ok.sent] == [EventKind.OPENED, EventKind.RESOLVED]
     assert [n.event for n in flaky.sent] == [EventKind.OPENED, EventKind.RESOLVED]
+
+
+async def test_failed_routing_write_is_retried_from_the_stored_rows_in_order(tmp_path: Path) -> None:
+    """Edges stored while their group waits, whose routing write then fails under a held lock, are routed
+    from the stored rows (opening first, with its grouped partner) once the lock is gone."""
+    r = RecordingNotifier("r")
+    store, clock, im, pipe, disp = setup(tmp_path, {"r": r}, group_wait_s=60.0)
+    opened = [im.apply(finding(k), clock.time())[0] for k in ("service_down", "not_ready")]
+    for e in opened:
+        pipe.submit(e)
+    pipe.submit(IncidentEdge(EventKind.REMEDIATION_STARTED, opened[0].incident, {"action": "restart"}))
+    store.db.execute("PRAGMA busy_timeout=10")
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    pipe.flush_all()
+    assert pipe.stalled and store.outbox_rows() == [] and len(store.unrouted_edges()) == 3
+    other.execute("ROLLBACK")
+    other.close()
+    pipe.unrouted.flush()
+    assert not pipe.stalled and store.unrouted_edges() == []
+    await disp.drain_once()
+    assert [n.event for n in r.sent] == [EventKind.OPENED, EventKind.REMEDIATION_STARTED]
+    assert [g["kind"] for g in r.sent[0].grouped] == ["not_ready"]
