@@ -97,7 +97,9 @@ class KernelLogWatcher:
                  journald_present: Callable[[], bool] | None = None) -> None:
         self.settings = settings
         self._which = which
-        self._journald_present = journald_present or (lambda: Path("/run/systemd/journal").is_dir())
+        # a host journald, or its persistent journal bind-mounted into the watchdog's container
+        self._journald_present = journald_present or (
+            lambda: Path("/run/systemd/journal").is_dir() or Path("/var/log/journal").is_dir())
         self.cursor: str | None = None  # journald cursor of the last line read
         self.kmsg_seq: int | None = None  # last /dev/kmsg sequence number read
         self.reconnects = 0
