@@ -8,8 +8,11 @@ import contextlib
 import json
 import os
 import stat
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
+
+import pytest
 
 from watchdog.adapters.kernel_log import KernelLogSettings, KernelLogWatcher, parse_kernel_text, parse_kmsg_record
 from watchdog.model import LogLine
@@ -150,3 +153,15 @@ def test_auto_picks_kmsg_then_file(tmp_path: Path) -> None:
     assert KernelLogWatcher(s, journald_present=lambda: False).resolve_source() == "kmsg"
     s2 = fast(source="auto", kmsg_path=tmp_path / "absent")
     assert KernelLogWatcher(s2, journald_present=lambda: True, which=lambda n: None).resolve_source() == "file"
+
+
+async def test_real_dev_kmsg_when_readable() -> None:
+    """On a host whose /dev/kmsg is readable, the kmsg source reads its records with boot-based wall times."""
+    if not os.access("/dev/kmsg", os.R_OK):
+        pytest.skip("/dev/kmsg is not readable here")
+    w = KernelLogWatcher(fast(source="kmsg"))
+    it = w.lines()
+    async with asyncio.timeout(5):
+        first = await anext(it)
+    await it.aclose()
+    assert first.text and first.at is not None and first.at <= time.time() and w.kmsg_seq is not None
