@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from watchdog.daemon import Daemon
+from watchdog.loading import load_all
+from watchdog.logging_setup import setup_logging, use_color
 from watchdog.model import EventKind, IncidentEdge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,14 +130,13 @@ notify:
 
 
 def say(t0: float, text: str) -> None:
-    print(f"\033[1m[demo {time.monotonic() - t0:6.1f}s]\033[0m {text}", flush=True)
+    stamp = f"[demo {time.monotonic() - t0:6.1f}s]"
+    if use_color(sys.stdout):  # no ANSI escapes into a file or a pipe, nor with NO_COLOR set
+        stamp = f"\033[1m{stamp}\033[0m"
+    print(f"{stamp} {text}", flush=True)
 
 
 async def run_demo(fast: bool = False) -> int:
-    from watchdog.cli import load_all
-    from watchdog.daemon import Daemon
-    from watchdog.logging_setup import setup_logging
-
     work = ROOT / ".demo"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

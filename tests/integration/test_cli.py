@@ -28,6 +28,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return rc, out.out, out.err
 
 
+def jdoc(out: str) -> Any:
+    """The JSON document in stdout; the in-process daemon's log lines may surround it."""
+    starts = [i for i, line in enumerate(out.splitlines(keepends=True)) if line[:1] in "{["]
+    offset = sum(len(x) for x in out.splitlines(keepends=True)[: starts[0]])
+    return json.JSONDecoder().raw_decode(out[offset:])[0]
+
+
 async def arun_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """The CLI is synchronous (blocking HTTP): run it in a thread so the in-process daemon can answer."""
     return await asyncio.to_thread(run_cli, capsys, *argv)
@@ -113,12 +120,12 @@ async def test_read_commands_daemon_then_database(harness: Harness, capsys: pyte
     cfg = str(h.config_path)
 
     rc, out, _ = await arun_cli(capsys, "status", "--config", cfg)
-    assert rc == 0 and out.startswith("source: daemon; healthy: True"), out
-    assert "vllm" in out and "liveness=passing" in out
+    assert rc == 0 and "\nhealthy: running, nothing P0/P1 open" in "\n" + out, out
+    assert "healthy: true" in out and "vllm" in out and "liveness=passing" in out
     rc, out, _ = await arun_cli(capsys, "status", "--config", cfg, "--json")
-    assert json.loads(out)["targets"]["vllm"]["probes"]["readiness"] == "passing"
+    assert jdoc(out)["targets"]["vllm"]["probes"]["readiness"] == "passing"
     rc, out, _ = await arun_cli(capsys, "incidents", "--config", cfg, "--json")
-    assert rc == 0 and inc.id in [i["id"] for i in json.loads(out)]
+    assert rc == 0 and inc.id in [i["id"] for i in jdoc(out)]
     rc, out, _ = await arun_cli(capsys, "incidents", "--config", cfg)
     assert inc.kind in out and "resolved" in out
     rc, out, _ = await arun_cli(capsys, "history", "--config", cfg)
@@ -128,7 +135,7 @@ async def test_read_commands_daemon_then_database(harness: Harness, capsys: pyte
 
     await h.stop()
     rc, out, _ = run_cli(capsys, "status", "--config", cfg)
-    assert rc == 0 and out.startswith("source: state database"), out
+    assert rc == 3 and out.startswith("not running:") and "the state database" in out, out
     rc, out, _ = run_cli(capsys, "incidents", "--config", cfg, "--json")
     assert inc.id in [i["id"] for i in json.loads(out)]
     rc, out, _ = run_cli(capsys, "history", "--config", cfg, "--json")
@@ -152,7 +159,7 @@ async def test_silence_and_outbox_round_trip(harness: Harness, capsys: pytest.Ca
     cfg = str(h.config_path)
 
     rc, out, _ = run_cli(capsys, "silence", "--config", cfg, "add", "vllm", "--for", "30m", "--reason", "maint")
-    assert rc == 0 and out.startswith("silence #1: vllm until"), out
+    assert rc == 0 and out.startswith("silence #1: vllm for 30m, until"), out
     rc, out, _ = run_cli(capsys, "silence", "--config", cfg, "list")
     assert "maint" in out and "vllm" in out
     rc, out, _ = run_cli(capsys, "silence", "--config", cfg, "rm", "1")
@@ -190,4 +197,70 @@ async def test_status_finds_a_daemon_on_an_ephemeral_port(harness: Harness,
     await h.start()
     await wait_for(h.ready, timeout=30, what="ready")
     rc, out, _ = await arun_cli(capsys, "status", "--config", str(h.config_path))
-    assert rc == 0 and "source: daemon; healthy: True" in out, out
+    assert rc == 0 and "its HTTP endpoint" in out and "healthy: true" in out, out
+
+
+async def test_status_exit_1_while_a_p0_is_open(harness: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    """A running daemon with an open P0 (dry run: nothing heals it) makes `status` say degraded, healthy:
+    false, exit 1; once stopped it exits 3."""
+    h = harness
+    orig = h.config
+
+    def dry(**kw: Any) -> dict[str, Any]:
+        doc = orig(**kw)
+        doc["remediation"]["dry_run"] = True
+        return doc
+
+    h.config = dry  # type: ignore[method-assign]
+    await h.start()
+    await wait_for(h.ready, timeout=30, what="ready")
+    cfg = str(h.config_path)
+    rc, out, _ = await arun_cli(capsys, "status", "-c", cfg)
+    assert rc == 0, out
+    h.set_fault("engine_death", exit_after_s=0.1)
+    await wait_for(lambda: any(i.severity.value == "P0" and i.state.value == "open" for i in h.incidents()),
+                   timeout=30, what="an open P0")
+    rc, out, _ = await arun_cli(capsys, "status", "-c", cfg)
+    assert rc == 1 and "\ndegraded: " in "\n" + out and "P0" in out and "healthy: false" in out, out
+    rc, out, _ = await arun_cli(capsys, "status", "--json", "-c", cfg)
+    doc = jdoc(out)
+    assert rc == 1 and doc["healthy"] is False and doc["status"] == "degraded" and doc["loop"]["healthy"] is True
+    await h.stop()
+    rc, out, _ = run_cli(capsys, "status", "-c", cfg)
+    assert rc == 3
+
+
+async def test_notify_test_through_the_running_daemon(harness: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a daemon running, `notify test` only writes the outbox row; the daemon's dispatcher delivers it."""
+    h = harness
+    await h.start()
+    await wait_for(h.ready, timeout=30, what="ready")
+    before = len(h.receiver.items)
+    rc, out, err = await arun_cli(capsys, "notify", "test", "hook", "--json", "-c", str(h.config_path))
+    doc = jdoc(out)
+    assert rc == 0 and doc["state"] == "sent" and "running daemon" in doc["delivered_by"], (out, err)
+    assert any(row.notification_id == doc["notification_id"] for row, _ in h.delivered)
+    assert len(h.receiver.items) == before + 1 and h.receiver.items[-1]["kind"] == "watchdog_test"
+
+
+async def test_doctor_against_a_running_daemon(harness: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    """doctor: every check ok against the live emulator, daemon and receiver; a wrong API key fails
+    readiness with 'API key was rejected' and exits 1."""
+    h = harness
+    await h.start()
+    await wait_for(h.ready, timeout=30, what="ready")
+    cfg = str(h.config_path)
+    rc, out, _err = await arun_cli(capsys, "doctor", "--json", "-c", cfg)
+    doc = jdoc(out)
+    by = {(c["area"], c["name"]): c for c in doc["checks"]}
+    assert rc == 0 and doc["counts"]["fail"] == 0, out
+    assert by[("target vllm", "liveness")]["status"] == "ok"
+    assert by[("target vllm", "readiness")]["status"] == "ok"
+    assert by[("target vllm", "runtime process")]["status"] == "ok"
+    assert by[("daemon", "process")]["status"] == "ok"
+    assert by[("http", "port")]["status"] == "ok" and "answers" in by[("http", "port")]["detail"]
+    assert by[("receiver hook", "webhook")]["status"] == "ok" and "HEAD" in by[("receiver hook", "webhook")]["detail"]
+    assert h.hook_token not in out  # the URL came from a secret: never shown
+    h.key_file.write_text("wrong-key\n")
+    rc, out, _ = await arun_cli(capsys, "doctor", "-c", cfg)
+    assert rc == 1 and "fail  target vllm readiness: the API key was rejected" in out, out

@@ -33,10 +33,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser("fleet", help="the fleet group on etcd (all hosts)")
     sub = p.add_subparsers(dest="fleet_cmd", required=True)
     st = sub.add_parser("status", help="every host, target, health, open incident and held slot of the group")
-    st.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    st.add_argument("--config", "-c", default=argparse.SUPPRESS,  # the top parser's default: -c before or after
+                    help=f"config file (default {DEFAULT_CONFIG})")
     st.add_argument("--endpoints", help="comma-separated etcd URLs (instead of the config's fleet.etcd)")
     st.add_argument("--group", help="the group to show (instead of the config's fleet.group)")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p
 
 
