@@ -74,3 +74,11 @@ def test_validators_are_usable_by_other_models() -> None:
     assert secret_url_problem(f"https://hooks.slack.com/services/{SECRET}") is None  # a secret may hold one
     assert secret_url_problem("http://exa mple.com/") == "the URL contains white space"
     assert secret_url_problem("http://example.com:port/") == "the URL is not valid (bad host or port)"
+
+
+def test_breaker_url_with_credentials_is_refused() -> None:
+    """The breaker's metrics URL may not carry credentials either."""
+    out = problems(BASE.format(url="http://127.0.0.1:8000") + "    detectors:\n      breaker:\n"
+                   f"        url: 'http://127.0.0.1:9100/metrics?token={SECRET}'\n")
+    assert "w.yaml:7: targets[0].detectors.breaker.url: holds a credential in its query ('token=')" in out
+    assert SECRET not in out

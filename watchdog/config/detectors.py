@@ -8,10 +8,11 @@ a stage: the detectors import their settings from here.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from watchdog.config.base import Strict
 from watchdog.config.host import TlsSettings
+from watchdog.config.urls import check_url
 from watchdog.model import Severity
 from watchdog.vllm_metrics import DEFAULT_COMPLETION_HANDLERS, DEFAULT_ERROR_REASONS
 
@@ -87,6 +88,12 @@ class BreakerSettings(Strict):
                                   "for this long unless a newer line says closed.")
     require_ready: bool = Field(True, description="Only report while vLLM readiness passes (the breaker is "
                                 "expected to be open while vLLM is down).")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else check_url(v, secret_field="an endpoint without credentials (metrics are "
+                                                "read unauthenticated)")
 
 
 class TargetDetectors(Strict):
