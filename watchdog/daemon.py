@@ -199,6 +199,7 @@ class Daemon:
         cannot be written."""
         self.store.check_identity()
         self.writes.flush()
+        self.store.probe()  # while degraded: a tiny write tells whether it is writable again
         for n in self.store.health.take_notices():
             f = Finding(target="watchdog", kind=IncidentKind.WATCHDOG_INTERNAL.value, severity=Severity.P1,
                         summary=n.message, labels={"check": "state_db", "notice": n.kind}, source="store")
@@ -271,7 +272,8 @@ class Daemon:
         self.pipeline, self.dispatcher = build_notify(self.cfg, store=self.store, clock=self.clock,
                                                       metrics=self.metrics, notifiers=self.notifiers,
                                                       on_delivered=self.on_delivered)
-        self.alarm = StorageAlarm(self.store.health, self.notifiers, self.clock, host=socket.gethostname())
+        self.alarm = StorageAlarm(self.store.health, self.notifiers, self.clock, host=socket.gethostname(),
+                                  min_outage_s=3.0)  # a CLI write holding the lock for a moment is no page
         for t in self.cfg.targets:
             self.targets[t.name] = self._build_target(t)
         for tw in self.targets.values():

@@ -189,3 +189,14 @@ def test_future_timestamps_are_clamped_at_load(tmp_path: Path) -> None:
     assert s2.get("notified:1") == now
     notices = s2.health.take_notices()
     assert [n.kind for n in notices] == ["future_timestamps"] and "86400 s in the future" in notices[0].message
+
+
+def test_probe_clears_degraded_once_writable_without_other_writes(tmp_path: Path) -> None:
+    """A degraded store learns by a tiny probe write that it is writable again; a healthy store skips it."""
+    s = Store(tmp_path / "s.db", busy_timeout_ms=10)
+    assert s.probe()
+    with held_lock(tmp_path / "s.db"):
+        with pytest.raises(sqlite3.OperationalError):
+            s.put("k", 1)
+        assert not s.probe()
+    assert s.probe() and not s.health.degraded

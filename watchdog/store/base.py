@@ -136,6 +136,16 @@ class StoreBase:
         self.health.succeeded()
         return cur
 
+    def probe(self) -> bool:
+        """While degraded, one tiny write to learn whether the database is writable again (nothing else may
+        write for a while). True when the store is healthy."""
+        if not self.health.degraded:
+            return True
+        with contextlib.suppress(*WRITE_ERRORS):
+            self._write("INSERT INTO meta(key, value) VALUES('write_probe', ?)"
+                        " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (repr(self.wall()),))
+        return not self.health.degraded
+
     # ------------------------------------------------------------------ file identity
     def check_identity(self, *, force: bool = False) -> bool:
         """Is the file at `path` still the one we write to? If it was deleted or replaced, recreate it from
