@@ -388,3 +388,20 @@ def test_missing_override_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         LogCatalog.load(tmp_path / "nope.yaml")
     assert "cannot read file" in str(ei.value)
+
+
+def test_warmup_oom_outranks_the_torch_oom_it_wraps(catalog: LogCatalog) -> None:
+    """The start-up sampler warm-up OOM (a config problem) owns the window over the torch OOM printed in the
+    same traceback (which alone would be a runtime OOM worth a restart)."""
+    d = LogDetector(catalog, "vllm")
+    hdr = "(EngineCore_DP0 pid=290) ERROR 09-03 11:00:30 [core.py:1584] "
+    out = d.observe_lines([
+        LogLine(hdr + "EngineCore failed to start."),
+        LogLine(hdr + "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.91 GiB."),
+        LogLine(hdr + "RuntimeError: CUDA out of memory occurred when warming up sampler with 256 dummy requests. "
+                "Please try lowering `max_num_seqs` or `gpu_memory_utilization` when initializing the engine."),
+    ], 1.0)
+    assert [(f.kind, f.evidence["pattern"], f.evidence["restart_helps"]) for f in out] == [
+        ("startup_memory", "warmup_oom", False)]
+    assert out[0].evidence["groups"] == {"warmup": "sampler", "num_reqs": "256"}
+    assert [e["class"] for e in out[0].evidence["evidence_lines"]] == ["runtime_oom", "startup_failed"]
