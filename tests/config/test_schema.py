@@ -131,3 +131,14 @@ def test_log_catalog_typo_goes_through_the_same_converter(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as ei:
         LogCatalog.load(cat)
     assert f"{cat}:3: patterns[x].clas: unknown key 'clas' (did you mean 'class'? known keys: " in str(ei.value)
+
+
+def test_env_overrides_reach_typed_sections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VLLM_WATCHDOG_HOST__GPU__ENABLED overrides one key of a typed section; a typo names the variable."""
+    monkeypatch.setenv("VLLM_WATCHDOG_HOST__GPU__ENABLED", "false")
+    cfg = load(BASE + "host:\n  gpu:\n    period_s: 3\n")
+    assert cfg.host.gpu.enabled is False and cfg.host.gpu.period_s == 3
+    monkeypatch.setenv("VLLM_WATCHDOG_HOST__GPU__EXPECTED_CNT", "2")
+    out = problems(BASE)
+    assert out[0].startswith("environment VLLM_WATCHDOG_HOST__GPU__EXPECTED_CNT: host.gpu.expected_cnt: unknown "
+                             "key 'expected_cnt' (did you mean 'expected_count'?")
