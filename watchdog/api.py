@@ -203,6 +203,7 @@ class HttpServer:
         self.max_body = max_body
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def scheme(self) -> str:
@@ -225,8 +226,11 @@ class HttpServer:
             await self.app.close()
         if self._server is not None:
             self._server.close()
-            for w in list(self._conns):  # open event streams end with the server
+            for w in list(self._conns):
                 w.close()
+            for t in list(self._tasks):  # open event streams end with the server
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
 
     async def _dispatch(self, req: Request) -> Response:
@@ -240,7 +244,19 @@ class HttpServer:
         return Response(status, ctype, body)
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         self._conns.add(writer)
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass  # the server is closing: end this connection quietly (asyncio's callback would log it)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = str(writer.get_extra_info("peername") or "")
         try:
             try:
