@@ -61,7 +61,8 @@ def target_extras(tw: TargetWatch) -> list[Extra]:
     out: list[Extra] = []
     m = t.probes.metrics
     if m.enabled:
-        probe = MetricsProbe("metrics", t.name, t.base_url + m.path, tw.client, tw.clock, m.timeout_s)
+        probe = MetricsProbe("metrics", t.name, t.base_url + m.path, tw.client, tw.clock, m.timeout_s,
+                             max_bytes=m.max_body_bytes)
         out.append(Extra(probe, [SlaDetector(t.name, d.sla), StallDetector(t.name, d.stall)],
                          m.period_s, m.timeout_s, name=f"{t.name}:metrics"))
     br = d.breaker

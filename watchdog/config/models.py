@@ -35,6 +35,8 @@ class ProbeTiming(Strict):
     )
     jitter_s: float = Field(0.0, ge=0, description="Random delay added to each period (never negative)")
     reprobe_delay_s: float = Field(0.0, ge=0, description="Delay of the re-probe after a first failure")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="The answer is read up to this many bytes, "
+                                "never further; a longer one is a FAIL (body_too_large)")
 
 
 class LivenessProbe(ProbeTiming):
@@ -68,6 +70,8 @@ class MetricsScrape(Strict):
     path: str = Field("/metrics", description="HTTP path of the Prometheus exposition")
     period_s: float = Field(15.0, gt=0, description="Seconds between scrapes")
     timeout_s: float = Field(5.0, gt=0, description="Deadline of one scrape")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="The page is read up to this many bytes, "
+                                "never further; a longer one is a FAIL (body_too_large)")
 
 
 class LogWatch(Strict):
