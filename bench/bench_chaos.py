@@ -37,9 +37,12 @@ async def run(a: argparse.Namespace) -> int:
     await receiver.start()
     try:
         r = await KillCycles(work, receiver, random.Random(seed), window_s=a.window).run(kills=a.kills)
+    except BaseException:
+        print(f"seed {seed}: the run failed; its files (daemon logs, state db) are kept in {work}")
+        raise
     finally:
         await receiver.close()
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     inst = sorted(r.kill_after_s)
     print(f"seed {seed}; {r.kills} SIGKILLs at 0–{a.window:g} s after an emulator crash "
           f"(median {inst[len(inst) // 2] if inst else 0:.2f} s); wall {r.wall_s} s")

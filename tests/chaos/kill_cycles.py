@@ -27,10 +27,13 @@ from chaos.daemon_proc import DaemonProc, emulator_runtime, fast_probes, free_po
 from integration.harness import HookReceiver
 from polling import until
 
-# Short guards so that a cycle heals in a second or two (the shipped ladders wait 10 s between restarts).
+# Short guards so that a cycle heals in a second or two (the shipped ladders wait 10 s between restarts),
+# and every crash starts its ladder at step 1 (the shipped ladder continues across incidents for 600 s,
+# so that 100 crash cycles would exhaust it and stop restarting).
 POLICIES = """
 policies:
   - name: service-down
+    ladder_window_s: 0.001
     guards: {cooldown_s: 0.2, backoff_initial_s: 0.2, backoff_max_s: 0.5, max_attempts: 10000}
     verify: {timeout_s: 15, hold_s: 0.2, interval_s: 0.2}
     steps:
@@ -38,6 +41,7 @@ policies:
       - action: restart
       - action: restart
   - name: engine-dead
+    ladder_window_s: 0.001
     guards: {cooldown_s: 0.2, backoff_initial_s: 0.2, backoff_max_s: 0.5, max_attempts: 10000}
     verify: {timeout_s: 15, hold_s: 0.2, interval_s: 0.2}
     steps:
@@ -129,8 +133,13 @@ class KillCycles:
         await until(lambda: self.proc.port() is not None or p.poll() is not None, limit_s=30,
                     what="daemon serving HTTP", why=lambda: self.proc.output()[-3000:])
         assert p.poll() is None, self.proc.output()[-3000:]
-        await until(self._emulator_up, limit_s=30, what="emulator up", why=lambda: self.proc.output()[-3000:])
+        await until(self._emulator_up, limit_s=30, what="emulator up", why=self.why)
         return p
+
+    def why(self) -> str:
+        """The last daemon's log without its probe chatter, for a failed wait."""
+        lines = [ln for ln in self.proc.output().splitlines() if "probe failed" not in ln]
+        return "\n".join(lines[-40:])
 
     async def one_kill(self) -> None:
         p = await self.start()
