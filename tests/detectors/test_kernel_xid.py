@@ -15,7 +15,7 @@ from watchdog.detectors.xid import (
     targets_for,
     visible_gpu_keys,
 )
-from watchdog.model import IncidentKind, LogLine, Severity
+from watchdog.model import IncidentKind, LogLine, ProbeResult, Severity, Status
 
 # code → (mnemonic, kind, NVIDIA immediate action), from NVIDIA's Xid catalog
 REQUIRED = {
@@ -172,3 +172,12 @@ def test_visible_gpu_keys(cvd: str | None, want: list[str]) -> None:
     for k in want:  # every key routes an Xid of that GPU to the target (a UUID through the learnt bus→UUID)
         bus = "0000:aa:00" if k.startswith("gpu-") else k
         assert targets_for(bus, bm, {"0000:aa:00": k}) == ("vllm",)
+
+
+def test_detector_protocol_form(table: XidTable) -> None:
+    """observe(result) reads the kernel lines a probe run put in values["lines"]."""
+    d = KernelDetector(table, {BUS: ["vllm"]})
+    line = "NVRM: Xid (PCI:0000:3b:00): 95, pid=1, name=python3, Uncontained: FBHUB. RST: Yes, D-RST: No"
+    res = ProbeResult("kernel_log", "host", Status.OK, "1 line", {"lines": [line]})
+    assert [(f.target, f.kind) for f in d.observe(res, 1.0)] == [("vllm", "gpu_ecc")]
+    assert d.observe(ProbeResult("kernel_log", "host", Status.OK, "none", {}), 2.0) == []

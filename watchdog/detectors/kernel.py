@@ -28,7 +28,7 @@ from watchdog.detectors.xid import (
     parse_xid,
     targets_for,
 )
-from watchdog.model import Finding, IncidentKind, LogLine, Severity
+from watchdog.model import Finding, IncidentKind, LogLine, ProbeResult, Severity
 
 MAX_LINE_CHARS = 500
 
@@ -64,6 +64,13 @@ class KernelDetector:
     def reset(self, target: str | None = None) -> None:
         """Forget what was reported (for one target, or all), e.g. after a GPU reset."""
         self._last = {k: v for k, v in self._last.items() if target is not None and k[0] != target}
+
+    def observe(self, result: ProbeResult, now: float) -> list[Finding]:
+        """`Detector` form: the kernel lines of a probe run in `result.values["lines"]` (LogLine or str)."""
+        raw = result.values.get("lines")
+        if not isinstance(raw, list | tuple):
+            return []
+        return self.observe_lines([ln if isinstance(ln, LogLine) else LogLine(str(ln)) for ln in raw], now)
 
     def targets(self, bus_id: str) -> tuple[str, ...]:
         return targets_for(bus_id, self._bus_map, self._uuids, self.host_target)
