@@ -229,7 +229,7 @@ def live_problems(cfg: WatchdogConfig, file: str, policies: Iterable[Any] = ()) 
     if sd is not None:
         problems.append(sd)
     problems += endpoint_problems(cfg, file)
-    problems += [p for p in runtime_problems(cfg, file) if p.field.endswith("runtime.command")]
+    problems += command_problems(cfg, file)
     return locate(problems, cfg, file)
 
 
@@ -265,25 +265,28 @@ async def _reachable(i: int, t: TargetConfig, file: str) -> Problem | None:
     return None
 
 
+def command_problems(cfg: WatchdogConfig, file: str) -> list[Problem]:
+    """Process runtimes whose command cannot be found (run would spawn nothing and 'heal' forever)."""
+    found = [_command_problem(i, t.runtime, file) for i, t in enumerate(cfg.targets)
+             if isinstance(t.runtime, ProcessRuntimeSettings)]
+    return [p for p in found if p is not None]
+
+
 def runtime_problems(cfg: WatchdogConfig, file: str) -> list[Problem]:
-    """Runtime reachability: Docker engine answers, systemd unit exists, process command found."""
-    found: list[Problem | None] = []
-    for i, t in enumerate(cfg.targets):
-        if isinstance(t.runtime, ProcessRuntimeSettings):
-            found.append(_command_problem(i, t.runtime, file))
-        elif t.runtime is not None:
-            found.append(asyncio.run(_reachable(i, t, file)))
+    """Runtime reachability: Docker engine answers, systemd unit exists (sync: call it outside a loop)."""
+    found = [asyncio.run(_reachable(i, t, file)) for i, t in enumerate(cfg.targets)
+             if t.runtime is not None and not isinstance(t.runtime, ProcessRuntimeSettings)]
     return [p for p in found if p is not None]
 
 
 def check_live(cfg: WatchdogConfig, file: str, policies: Iterable[Any] = ()) -> list[Problem]:
     """Everything `check --live` reports: `live_problems` plus runtime reachability."""
-    extra = [p for p in runtime_problems(cfg, file) if not p.field.endswith("runtime.command")]
-    return live_problems(cfg, file, policies) + locate(extra, cfg, file)
+    return live_problems(cfg, file, policies) + locate(runtime_problems(cfg, file), cfg, file)
 
 
 __all__ = [
     "check_live",
+    "command_problems",
     "endpoint_problems",
     "live_problems",
     "locate",
