@@ -44,7 +44,7 @@ from watchdog.adapters.children import (
 from watchdog.adapters.systemd import read_env_file
 from watchdog.config.runtimes import ProcessRuntimeSettings
 from watchdog.model import ActionOutcome, ActionResult, LogLine, RunState, RuntimeEvent, RuntimeState
-from watchdog.secrets import child_env, is_secret_value
+from watchdog.secrets import child_env, is_secret_value, redact
 
 MAX_LINE_CHARS = 4096  # one output line kept in the ring buffer (5000 lines × 4 KB ≤ 20 MB)
 MAX_QUEUED_EVENTS = 256  # per events() subscriber; the oldest is dropped when a consumer stalls
@@ -150,6 +150,7 @@ class ProcessRuntime:
         text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if len(text) > MAX_LINE_CHARS:
             text = text[:MAX_LINE_CHARS] + f"… (line cut at {MAX_LINE_CHARS} chars)"
+        text = redact(text)  # vLLM prints its args (api_key included) at startup: never into evidence
         self._seq += 1
         self._buf.append((self._seq, LogLine(text, self._wall())))
 
