@@ -33,13 +33,14 @@ CRASH_LOGS: dict[str, list[tuple[int, str, list[str]]]] = {
                                                                     "engine_crash", "engine_crash"])],
     "vllm-0.33.0-worker-killed.log": [(3, "worker_crash", ["engine_crash"] * 3),
                                       (10, "stale_gpu_memory", ["startup_failed", "startup_failed"])],
+    "vllm-0.20.0-journal-oom.json": [(6, "runtime_oom", ["engine_crash"] * 3)],
     "kernel-dmesg.log": [(2, "xid_31", []), (3, "xid_13", []), (5, "xid_48", []), (6, "xid_63", []),
                          (7, "xid_94", []), (8, "xid_79", []), (10, "xid_154", [])],
     "kernel-journal.json": [(1, "xid_119", []), (3, "xid_95", [])],
     "kernel-kmsg.txt": [(2, "xid_79", []), (5, "xid_74", [])],
 }
 HEALTHY_LOGS = ["healthy-echo-0.6.6.log", "healthy-echo-0.33.0.log", "healthy-warnings-0.11.0.log",
-                "kernel-healthy.log"]
+                "healthy-journal-0.20.0.json", "kernel-healthy.log"]
 
 
 @pytest.fixture(scope="module")
