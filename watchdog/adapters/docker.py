@@ -130,12 +130,16 @@ def _api_reason(e: docker.errors.APIError) -> str:
     return f"docker API error {e.status_code}: {str(e.explanation or e)[:300]}"
 
 
+MAX_QUEUED_EVENTS = 1024  # per events() subscriber
+
+
 class _Subscription:
     """One `events()` consumer: a thread following the stream, an asyncio queue fed from it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.dropped = 0
         self.stop = threading.Event()
         self.stream: Any = None
         self.client: Any = None
@@ -143,7 +147,15 @@ class _Subscription:
 
     def post(self, kind: str, payload: Any) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+            self.loop.call_soon_threadsafe(self._offer, (kind, payload))
+
+    def _offer(self, item: tuple[str, Any]) -> None:
+        """Bounded: past MAX_QUEUED_EVENTS waiting events a stalled consumer loses new events (counted in
+        `dropped`; the next reconnect re-inspects), never the daemon's memory; control messages always pass."""
+        if item[0] == "event" and self.queue.qsize() >= MAX_QUEUED_EVENTS:
+            self.dropped += 1
+            return
+        self.queue.put_nowait(item)
 
     def close(self) -> None:
         self.stop.set()
