@@ -8,8 +8,9 @@ start listening beyond loopback unless both a token and TLS are configured. It m
 body or a header value (they may hold a token), never block the loop, and never make a decision: the
 handlers it is given do that.
 
-Two kinds of handler: `app` (a `Request` → `Response | None`) gets every request first; a `None` answer
-falls through to `handler`, the original GET/HEAD path handler (`path` → `(status, type, body)`).
+Two kinds of handler: `app` (a `Request` → `Response | None`, see `watchdog/web/http.py` for the message
+types) gets every request first; a `None` answer falls through to `handler`, the original GET/HEAD path
+handler (`path` → `(status, type, body)`).
 """
 
 from __future__ import annotations
@@ -17,19 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any
 
 import structlog
 
 from watchdog.errors import WatchdogError
+from watchdog.web.http import App, Request, Response, json_reply, json_response
 
 log = structlog.get_logger("watchdog.api")
+
+__all__ = ["App", "ExposureRefused", "Handler", "HttpServer", "Request", "Response", "exposure_problem",
+           "is_loopback", "json_reply", "json_response", "server_tls_context", "tls_from"]
 
 Handler = Callable[[str], Awaitable[tuple[int, str, bytes]]]
 
@@ -46,56 +48,6 @@ REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "
 
 class ExposureRefused(WatchdogError):
     """The endpoint would listen beyond loopback without a token and TLS."""
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One parsed request. Header names are lower case; `body` is at most the configured maximum."""
-
-    method: str
-    target: str
-    headers: Mapping[str, str]
-    body: bytes = b""
-    peer: str = ""
-
-    @property
-    def path(self) -> str:
-        return unquote(urlsplit(self.target).path)
-
-    @property
-    def query(self) -> dict[str, str]:
-        return dict(parse_qsl(urlsplit(self.target).query))
-
-    def header(self, name: str, default: str = "") -> str:
-        return self.headers.get(name.lower(), default)
-
-
-@dataclass(slots=True)
-class Response:
-    """A response: a whole body, or `stream` (chunks written as they come, e.g. server-sent events)."""
-
-    status: int
-    content_type: str = "application/json"
-    body: bytes = b""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    stream: AsyncIterator[bytes] | None = None
-
-
-class App(Protocol):
-    """A request handler with a lifecycle: started after the socket listens, closed before it closes."""
-
-    def __call__(self, req: Request) -> Awaitable[Response | None]: ...
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-
-
-def json_response(status: int, doc: Any) -> tuple[int, str, bytes]:
-    return status, "application/json", json.dumps(doc, default=str, indent=1).encode()
-
-
-def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Response:
-    code, ctype, body = json_response(status, doc)
-    return Response(code, ctype, body, headers or {})
 
 
 def is_loopback(host: str) -> bool:

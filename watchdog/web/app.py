@@ -19,12 +19,12 @@ from typing import Any
 
 import structlog
 
-from watchdog.api import Request, Response, json_reply
 from watchdog.clock import Clock
 from watchdog.config.models import AlertmanagerIngress
 from watchdog.model import Finding
 from watchdog.store import Store
 from watchdog.web.auth import Token
+from watchdog.web.http import Request, Response, json_reply
 from watchdog.web.ingress import IngressError, findings_from
 from watchdog.web.page import page_response
 from watchdog.web.protocols import Controls, StateViews

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from importlib.resources import files
 from typing import Any
 
-from watchdog.api import Response
+from watchdog.web.http import Response
 
 TEMPLATE = files("watchdog.web").joinpath("page.html").read_text(encoding="utf-8")
 _MARK = "__STATE__"
