@@ -20,16 +20,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from watchdog.config.host import DiskSettings, GpuSettings, HostMemorySettings, TlsSettings
 from watchdog.detectors.thresholds import EdgeTracker, Level, LevelEdge, ThresholdTracker, classify
 from watchdog.model import Finding, IncidentKind, ProbeResult, Severity
-from watchdog.probes.disk import DiskSettings
-from watchdog.probes.gpu import GpuSettings
-from watchdog.probes.host import HostMemorySettings
-
-if TYPE_CHECKING:  # the TLS probe needs `cryptography`; GPU-only hosts/tests must not need it
-    from watchdog.probes.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +139,6 @@ class TlsDetector:
 
     def __init__(self, settings: TlsSettings | None = None) -> None:
         if settings is None:
-            from watchdog.probes.tls import TlsSettings
-
             settings = TlsSettings()
         self.settings = settings
         self.book = EdgeBook(self.name)
