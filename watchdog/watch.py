@@ -293,16 +293,18 @@ def build_probes(t: TargetConfig, client: httpx.AsyncClient, clock: Clock, api_k
     probes: dict[str, Probe] = {}
     trackers: dict[str, ProbeTracker] = {}
     if p.liveness.enabled:
-        probes["liveness"] = LivenessProbe(timeout_s=p.liveness.timeout_s, path=p.liveness.path, **common)
+        probes["liveness"] = LivenessProbe(timeout_s=p.liveness.timeout_s, path=p.liveness.path,
+                                           max_bytes=p.liveness.max_body_bytes, **common)
         trackers["liveness"] = ProbeTracker("liveness", p.liveness, now)
     if p.readiness.enabled:
         probes["readiness"] = ReadinessProbe(model=t.model, timeout_s=p.readiness.timeout_s,
-                                             path=p.readiness.path, api_key=api_key, **common)
+                                             path=p.readiness.path, api_key=api_key,
+                                             max_bytes=p.readiness.max_body_bytes, **common)
         trackers["readiness"] = ProbeTracker("readiness", p.readiness, now)
     if p.canary.enabled:
         probes["canary"] = CanaryProbe(model=t.model, prompt=p.canary.prompt, max_tokens=p.canary.max_tokens,
                                        timeout_s=p.canary.timeout_s, path=p.canary.path, api_key=api_key,
-                                       **common)
+                                       max_bytes=p.canary.max_body_bytes, **common)
         trackers["canary"] = ProbeTracker("canary", p.canary, now)
     return probes, trackers
 
