@@ -109,7 +109,7 @@ class Daemon:
         self.remediator = Remediator(
             store=self.store, incidents=self.incidents, policies=policies, clock=self.clock,
             state_dir=cfg.state_dir, emit=self.emit, metrics=self.metrics, dry_run=cfg.remediation.dry_run,
-            resolve_secret=_secret,
+            resolve_secret=_secret, held_kinds=self._held_kinds,
         )
         self.notifiers: dict[str, Notifier] = {}
         self.pipeline: NotifyPipeline | None = None
@@ -127,6 +127,7 @@ class Daemon:
                           runtime=self.runtime_factory(t), api_key=_secret(t.api_key_env, t.api_key_file, "api_key"),
                           on_probe_failure=self.on_probe_failure, client=self.client_factory(t))
         tw.extras = self.extras_factory(tw)
+        tw.follow_progress()  # a canary timeout is "hung" only if the metrics show no progress
         self.remediator.targets[t.name] = TargetHandle(
             name=t.name, runtime=tw.runtime, config_files={c.name: c for c in t.config_files},
             verify_ready=tw.verify_ready, on_restarted=tw.on_restarted, restarting=tw.set_restarting,
@@ -166,13 +167,18 @@ class Daemon:
         for edge in self.incidents.apply(f, self.clock.time()):
             self.emit(edge)
 
-    def ready_again(self, target: str) -> None:
-        self.writes.submit(functools.partial(self._ready_again, target))
+    def ready_again(self, target: str, keep: frozenset[str] = frozenset()) -> None:
+        self.writes.submit(functools.partial(self._ready_again, target, keep))
 
-    def _ready_again(self, target: str) -> None:
+    def _ready_again(self, target: str, keep: frozenset[str]) -> None:
         now = self.clock.time()
-        for edge in self.incidents.resolve_health(target, now, "readiness passes again", opened_before=now):
+        for edge in self.incidents.resolve_health(target, now, "readiness passes again", opened_before=now,
+                                                  keep=keep):
             self.emit(edge)
+
+    def _held_kinds(self, target: str) -> frozenset[str]:
+        tw = self.targets.get(target)
+        return tw.health.held_kinds() if tw is not None else frozenset()
 
     def busy(self, target: str) -> bool:
         return self.remediator.busy(target)

@@ -319,6 +319,13 @@ class RuntimeState:
     health: str | None = None  # docker health status when the container has a healthcheck
     id: str | None = None  # container id / unit name / pid
     detail: str = ""
+    # the runtime's own restart policy (docker RestartPolicy.Name, systemd Restart=): None or "no" when the
+    # runtime never restarts the server by itself
+    restart_policy: str | None = None
+
+    @property
+    def restarts_itself(self) -> bool:
+        return self.restart_policy not in (None, "", "no")
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,7 @@ def state_from_inspect(attrs: Mapping[str, Any]) -> RuntimeState:
         health=str(health) if health else None,
         id=str(attrs.get("Id") or "") or None,
         detail=detail,
+        restart_policy=str(((attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"),
     )
 
 

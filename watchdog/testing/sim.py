@@ -17,6 +17,7 @@ import contextlib
 import json
 import selectors
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import httpx
@@ -203,10 +204,10 @@ class SimVllm:
 class _Streamed:
     """The part of an `httpx.Response` that `watchdog.adapters.http.request_capped` reads from a stream."""
 
-    def __init__(self, resp: httpx.Response) -> None:
+    def __init__(self, resp: httpx.Response, request: httpx.Request) -> None:
         self.status_code = resp.status_code
         self.headers = resp.headers
-        self.request = resp.request
+        self.request = request
         self.extensions: dict[str, Any] = {}
         self._body = resp.content
 
@@ -228,7 +229,7 @@ class SimClient:
         body = kw.get("json")
         content = json.dumps(body).encode() if body is not None else b""
         request = httpx.Request(method, url, content=content)
-        yield _Streamed(await self.server.handle(request))
+        yield _Streamed(await self.server.handle(request), request)
 
     async def aclose(self) -> None:
         return None
@@ -284,7 +285,11 @@ class SimRuntime(FakeRuntime):
 
     def _boot(self) -> None:
         self.own_restarts += 1
+        self._start_server()
+
+    def _start_server(self) -> None:
         self._run()
+        self._state = replace(self._state, restart_policy=self.restart_policy)
         self.server.boot()
 
     # ------------------------------------------------------------------ faults from outside
@@ -294,7 +299,8 @@ class SimRuntime(FakeRuntime):
             self.append_log(log)
         self.server.die()
         self._state = RuntimeState(state=RunState.EXITED, exit_code=exit_code, oom_killed=oom,
-                                   restart_count=self._state.restart_count, detail=f"exited with {exit_code}")
+                                   restart_count=self._state.restart_count, detail=f"exited with {exit_code}",
+                                   restart_policy=self.restart_policy)
         self.push_event("die", exit_code=exit_code)
         if self.restart_policy != "no":
             asyncio.get_running_loop().call_later(self.policy_delay_s, self._policy_restart)
@@ -302,22 +308,20 @@ class SimRuntime(FakeRuntime):
     def _policy_restart(self) -> None:
         if self._state.state is RunState.RUNNING:
             return
-        self._run()
-        self.server.boot()
+        self._start_server()
 
     def operator_stop(self) -> None:
         """`docker stop` by a person: kill (SIGTERM), die, stop — none of it requested by the watchdog."""
         self.server.die()
         self.push_event("kill", attributes={"signal": "15"})
         self._state = RuntimeState(state=RunState.EXITED, exit_code=0, restart_count=self._state.restart_count,
-                                   detail="stopped")
+                                   detail="stopped", restart_policy=self.restart_policy)
         self.push_event("die", exit_code=0)
         self.push_event("stop")
 
     def operator_start(self) -> None:
         """`docker start` by a person."""
-        self._run()
-        self.server.boot()
+        self._start_server()
 
     def lines(self) -> list[LogLine]:
         return list(self._logs)
