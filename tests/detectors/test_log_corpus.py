@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from watchdog import logs_cli
-from watchdog.detectors.logs import LogCatalog
+from watchdog.detectors.kernel import KernelDetector
+from watchdog.detectors.logs import LogCatalog, LogDetector
+from watchdog.model import LogLine
 
 DATA = Path(__file__).parent / "data" / "logs"
 WORDINGS: dict[str, dict[str, list[str]]] = yaml.safe_load((DATA / "wordings.yaml").read_text())
@@ -84,3 +88,21 @@ def test_near_miss_logs_raise_nothing(catalog: LogCatalog, name: str) -> None:
     healthy kernel log raise no finding."""
     text = (DATA / name).read_text()
     assert logs_cli.classify(logs_cli.read_lines(text, logs_cli.guess_source(text)), catalog, "vllm") == []
+
+
+PIECES = ["(EngineCore_DP0 pid=1) ", "ERROR 10-01 12:00:00 [core.py:710] ", "INFO:     ", "[rank0]:",
+          "{\"message\": \"", "torch.OutOfMemoryError: ", "CUDA out of memory.", "Received request x: prompt: '",
+          "NVRM: Xid (PCI:0000:3b:00): ", "79, pid=", "\x1b[31m", "RuntimeError('",
+          "EngineCore encountered a fatal error.", "\\n", "…", "[E ", ".cpp:1] "]
+SHIPPED = LogCatalog.load(None)
+KERNEL = KernelDetector(repeat_s=0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=40)), max_size=12))
+def test_classifiers_never_raise(parts: list[str]) -> None:
+    """Any mix of line shapes, failure words and junk is classified (or not) without raising."""
+    line = "".join(parts)
+    SHIPPED.classify(line)
+    LogDetector(SHIPPED, "t").observe_lines([LogLine(line)], 0.0)
+    KERNEL.observe_lines([LogLine(line)], 0.0)
