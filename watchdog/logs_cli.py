@@ -49,7 +49,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _read(path: str) -> str:
     if path == "-":
-        return sys.stdin.read()
+        buf = getattr(sys.stdin, "buffer", None)  # bytes: a log with broken UTF-8 is still read
+        return buf.read().decode("utf-8", "replace") if buf is not None else sys.stdin.read()
     return Path(path).read_text(encoding="utf-8", errors="replace")
 
 
