@@ -31,7 +31,7 @@ from watchdog.web.http import App, Request, Response, json_reply, json_response
 log = structlog.get_logger("watchdog.api")
 
 __all__ = ["App", "ExposureRefused", "Handler", "HttpServer", "Request", "Response", "exposure_problem",
-           "is_loopback", "json_reply", "json_response", "server_tls_context", "tls_from"]
+           "host_of", "is_loopback", "json_reply", "json_response", "server_tls_context", "tls_from"]
 
 Handler = Callable[[str], Awaitable[tuple[int, str, bytes]]]
 
@@ -59,6 +59,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def host_of(header: str) -> str:
+    """The host name of a `Host` header: `[::1]:9321` → `::1`, `127.0.0.1:9321` → `127.0.0.1`."""
+    h = header.strip()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
 def exposure_problem(host: str, *, tls: bool, token: bool) -> str | None:
@@ -186,6 +194,10 @@ class HttpServer:
             await self._server.wait_closed()
 
     async def _dispatch(self, req: Request) -> Response:
+        if is_loopback(self.host) and not is_loopback(host_of(req.header("host", "localhost"))):
+            # a page elsewhere that resolves its own name to 127.0.0.1 (DNS rebinding) must not read this
+            return json_reply(403, {"error": "this endpoint listens on loopback: use 127.0.0.1, ::1 or localhost "
+                                             "as the Host"})
         if self.app is not None:
             resp = await self.app(req)
             if resp is not None:

@@ -177,3 +177,13 @@ async def test_tls(tmp_path: Path) -> None:
                 await c.get(f"http://127.0.0.1:{srv.port}/healthz", timeout=3)
     finally:
         await srv.close()
+
+
+async def test_loopback_endpoint_refuses_foreign_host_header(server: tuple[HttpServer, EchoApp]) -> None:
+    """On loopback, a request whose Host is another name (DNS rebinding) is 403; loopback names pass."""
+    srv, app = server
+    out = await raw(srv.port, b"GET /echo HTTP/1.1\r\nHost: evil.example:9321\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 403 ") and app.seen == []
+    for host in (b"127.0.0.1:1", b"localhost", b"[::1]:9321", b"127.0.0.2"):
+        out = await raw(srv.port, b"GET /echo HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200 "), (host, out[:100])

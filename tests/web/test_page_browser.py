@@ -111,6 +111,10 @@ async def test_page_live_in_a_real_browser(web: WebHarness, browser: Any,
     assert status == 401
     assert h.snapshot() == before
     assert await js(browser, "return window.__marker") == 42
+    # readable on a phone: no sideways scrolling at 390 px
+    await call(browser.set_window_size, 390, 844)
+    await wait_for(lambda: _eq(js(browser, "return window.innerWidth <= 400"), True), timeout=5, what="phone size")
+    assert await js(browser, "return document.documentElement.scrollWidth <= window.innerWidth")
     h.set_fault("none")
     assert (IMG / "status-incident.png").stat().st_size > 10_000
 

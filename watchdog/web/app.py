@@ -33,6 +33,7 @@ from watchdog.web.state import Broadcaster, PageState, verdict
 log = structlog.get_logger("watchdog.web")
 
 MAX_SILENCE_S = 30 * 86400.0
+MAX_STREAMS = 32  # open /api/v1/events streams (each costs a state build per change)
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -111,6 +112,8 @@ class WebApp:
         if path == "/api/v1/state":
             return json_reply(200, self.state.build())
         if path == "/api/v1/events":
+            if len(self.feed.subscribers) >= MAX_STREAMS:
+                return json_reply(503, {"error": f"{MAX_STREAMS} event streams are open; poll /api/v1/state"})
             return Response(200, "text/event-stream; charset=utf-8", stream=self.feed.stream(),
                             headers={"X-Accel-Buffering": "no"})
         if m := re.fullmatch(r"/api/v1/incidents/(\d+)", path):
