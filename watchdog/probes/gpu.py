@@ -32,6 +32,7 @@ from watchdog.adapters.nvml import (
     NvmlBackend,
     NvmlError,
     NvmlUnavailable,
+    RealNvml,
 )
 from watchdog.clock import Clock, SystemClock
 from watchdog.config.host import APPLICATION_XIDS, DEFAULT_XID_SEVERITY, GpuSettings
@@ -65,11 +66,7 @@ class GpuProbe:
         self.name = name
         self.target = target
         self.settings = settings or GpuSettings()
-        if backend is None:
-            from watchdog.adapters.nvml import RealNvml
-
-            backend = RealNvml()
-        self.backend: NvmlBackend = backend
+        self.backend: NvmlBackend = backend if backend is not None else RealNvml()
         self.clock: Clock = clock or SystemClock()
         self._initialised = False
         self._unavailable: str | None = None

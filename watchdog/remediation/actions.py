@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from watchdog.adapters.http import HTTP_CALL_BODY_CAP, classify_http_error, request_capped
+from watchdog.adapters.process import read_env_file
 from watchdog.clock import Clock
 from watchdog.config.models import ConfigFileRef
 from watchdog.errors import RuntimeUnavailable
@@ -241,8 +242,6 @@ async def do_rollback(ctx: ActionContext) -> ActionResult:
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
-    from watchdog.adapters.process import read_env_file
-
     try:
         return read_env_file(path)
     except (OSError, UnicodeDecodeError):
