@@ -20,6 +20,7 @@ import httpx
 from watchdog.adapters.http import PROBE_BODY_CAP, classify_http_error, request_capped
 from watchdog.clock import Clock
 from watchdog.model import ProbeResult, Status
+from watchdog.secrets import redact
 
 
 class HttpProbe:
@@ -153,7 +154,7 @@ class CanaryProbe(HttpProbe):
     def _judge(self, resp: httpx.Response, t0: float) -> ProbeResult:
         code = resp.status_code
         if code != 200:
-            snippet = resp.text[:200] if resp.text else ""
+            snippet = redact(resp.text[:200]) if resp.text else ""  # an error page may echo the key
             return self._result(
                 Status.FAIL, f"canary completion {code}",
                 {"http_status": code, "error": "http_status", "body": snippet}, t0,
