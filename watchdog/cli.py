@@ -35,7 +35,7 @@ from watchdog.cli_common import (
 )
 from watchdog.daemon import Daemon
 from watchdog.demo import main as demo_main
-from watchdog.errors import ConfigError
+from watchdog.errors import ConfigError, WatchdogError
 from watchdog.fleet import cli as fleet_cli
 from watchdog.install import add_install_parser, run_install
 from watchdog.loading import PKG_POLICY, REPO_POLICY, default_policy_files, load_all
@@ -78,6 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(main())
     except ConfigError as e:  # a problem preflight could not see (a secret removed since): still no traceback
         return _print_problems(ConfigError(preflight.locate(e.problems, cfg, args.config)))
+    except WatchdogError as e:  # a start-up refusal that appeared after preflight (exposure, TLS files)
+        print(f"vllm-watchdog: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
