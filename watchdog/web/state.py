@@ -15,9 +15,13 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import structlog
+
 from watchdog.clock import Clock
 from watchdog.store import OutboxRow, Store
 from watchdog.web.protocols import Controls, StateViews
+
+log = structlog.get_logger("watchdog.web")
 
 MAX_OPEN = 100  # open incidents listed with their timeline (the rest are counted)
 RECENT_RESOLVED = 10
@@ -169,7 +173,8 @@ class Broadcaster:
                     self.publish()
                 else:
                     self.sample()
-            except Exception:  # a failed sample (store busy) is retried at the next tick
+            except Exception as e:  # a failed sample (store busy) is retried at the next tick
+                log.warning("status page state failed", error=e.__class__.__name__)
                 self.last = ""
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.period_s if self.subscribers else 1.0):
