@@ -141,7 +141,9 @@ async def test_bad_config_edit_fails_readiness_and_is_rolled_back(emulators: Any
                   "rollback_config ran")
     down = w.incident("service_down")
     await w.until(lambda: w.refresh(down).state.value == "resolved" and w.ready(), 30, "service_down resolved")
-    ladder = [(a.action, a.outcome) for a in w.attempts(policy="down")]
+    # the edit fails; the startup memory error it causes is rolled back by the shipped startup-config policy
+    # (user policy files are merged over the shipped ones since issue 10), or by this file's own next step
+    ladder = [(a.action, a.outcome) for a in w.attempts()]
     assert ladder == [("set_config", "failed"), ("rollback_config", "succeeded")], w.why()
     assert "verification failed" in str(w.attempts(policy="down")[0].reason)
     sm = w.incident("startup_memory")  # why the edit failed, classified from the new container's log

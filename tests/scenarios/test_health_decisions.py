@@ -204,3 +204,17 @@ def test_an_exit_the_runtime_restarts_itself_is_not_reported() -> None:
     late = h.tick(c.monotonic())
     assert active(late) == [("service_down", Severity.P0)]
     assert late[0].summary.endswith("its runtime did not start it again within 30 s")
+
+
+def test_a_refused_canary_waits_for_liveness_instead_of_opening_not_ready() -> None:
+    """A killed server refuses the canary before liveness runs: no not_ready; liveness decides (service_down
+    when it fails, not_ready only if /health answers)."""
+    h = HealthDetector("vllm")
+    up = h.on_transition(tr("canary", ProbeState.FAILING, error="connection_refused"), 0.0)
+    assert up.findings == []
+    assert h.note_liveness(1) == []
+    h.on_transition(tr("liveness", ProbeState.FAILING, error="connection_refused"), 1.0)
+    assert h.note_liveness(2) == []
+    h2 = HealthDetector("vllm")
+    h2.on_transition(tr("canary", ProbeState.FAILING, error="connection_refused"), 0.0)
+    assert active(h2.note_liveness(0)) == [("not_ready", Severity.P1)]

@@ -37,6 +37,9 @@ from watchdog.model import (
 
 EXIT_EVENTS = frozenset({"die", "exit"})
 START_EVENTS = frozenset({"start", "restart"})
+# a readiness/canary failure with one of these errors says the server does not answer at all: liveness
+# decides (service_down) before it is blamed on the engine (not_ready)
+UNREACHABLE = frozenset({"connection_refused", "connect_error", "protocol_error", "http_error"})
 # what an operator stop closes: the server is down on purpose, the operator_stopped notice covers it
 _CLOSED_BY_OPERATOR_STOP = (
     IncidentKind.SERVICE_DOWN, IncidentKind.ENGINE_DEAD, IncidentKind.NOT_READY, IncidentKind.ENGINE_HUNG,
@@ -154,9 +157,12 @@ class HealthDetector:
 
     def _engine_finding(self, up: HealthUpdate, probe: str, f: Finding, dead: Finding | None = None) -> None:
         """A readiness/canary failure: report it now if liveness vouches for the server, wait for the next
-        liveness run if liveness is unsure, drop it if the server is confirmed down."""
+        liveness run if liveness is unsure (or the server did not answer at all), drop it if the server is
+        confirmed down."""
         self._hold(probe, f)
-        if dead is not None:  # a 5xx: engine_dead if /health fails too, decided by the next liveness run
+        if f.evidence.get("error") in UNREACHABLE and self.states.get("liveness") != ProbeState.FAILING:
+            self._deferred.append(_Deferred(probe, f))
+        elif dead is not None:  # a 5xx: engine_dead if /health fails too, decided by the next liveness run
             if not self.live():
                 up.findings.append(self._hold(probe, dead))
             else:
@@ -213,7 +219,8 @@ class HealthDetector:
             if r.values.get("error") == "wrong_model":
                 f = self._f(IncidentKind.WRONG_MODEL, Severity.P1, r.summary, served=r.values.get("served"))
             else:
-                f = self._f(IncidentKind.NOT_READY, Severity.P1, f"vLLM is not ready: {r.summary}", probe=r.summary)
+                f = self._f(IncidentKind.NOT_READY, Severity.P1, f"vLLM is not ready: {r.summary}", probe=r.summary,
+                            error=r.values.get("error"))
             self._engine_finding(up, "readiness", f)
         elif tr.after == ProbeState.PASSING:
             self._held.pop("readiness", None)

@@ -268,9 +268,11 @@ class PolicySet:
         self.warnings = list(warnings)  # problems that do not stop the daemon (e.g. steps skipped per target)
 
     def matching(self, incident: Incident) -> Policy | None:
+        """The enabled policy with the highest priority that matches; on a tie the later one (a user file's
+        policy over a shipped one)."""
         best: Policy | None = None
         for p in self.policies:
-            if p.enabled and matches(p.match, incident) and (best is None or p.priority > best.priority):
+            if p.enabled and matches(p.match, incident) and (best is None or p.priority >= best.priority):
                 best = p
         return best
 
