@@ -39,7 +39,7 @@ async def outbox_row(h: WebHarness) -> int:
     """A delivery that stays pending: the receiver answers 500."""
     await h.receiver.set_mode("500")
     await wait_for(lambda: h.daemon.store.outbox_rows(state="pending"), timeout=10, what="a pending delivery")
-    return h.daemon.store.outbox_rows(state="pending")[0].id
+    return int(h.daemon.store.outbox_rows(state="pending")[0].id)
 
 
 async def test_bad_input_on_every_write_changes_nothing(web: WebHarness) -> None:
