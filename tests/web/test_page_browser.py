@@ -38,8 +38,10 @@ def timeline_len(iid: int) -> str:
 
 async def shot(driver: Any, name: str) -> Path:
     IMG.mkdir(parents=True, exist_ok=True)
-    height = await js(driver, "return document.documentElement.scrollHeight")
-    await call(driver.set_window_size, 1200, max(900, min(int(height) + 40, 2400)))
+    for _ in range(2):  # the layout settles at the new size, then the window fits it
+        height = await js(driver, "return document.documentElement.scrollHeight + window.outerHeight"
+                                  " - window.innerHeight")
+        await call(driver.set_window_size, 1200, max(900, min(int(height) + 20, 2400)))
     path = IMG / name
     assert await call(driver.save_screenshot, str(path))
     return path
