@@ -222,12 +222,22 @@ async def test_a_server_the_runtime_restarted_is_not_restarted_again(tmp_path: P
     """The measured failure: with `restart: unless-stopped` docker restarted the crash and the watchdog
     restarted it again 2.4 s later, killing it while it loaded. Now: verified, not restarted."""
     w = World(tmp_path)
-    inc = w.open("service_down", runtime_event="exit", exit_code=0)
-    w.runtime.set_state(RunState.RUNNING)  # docker's restart policy already started it
+    inc = w.open("service_down", runtime_event="exit", exit_code=0, exited_at=w.clock.time())
+    w.runtime.set_state(RunState.RUNNING, started_at=w.clock.time() + 0.1)  # docker's restart policy started it
     await w.evaluate()
     assert w.runtime.actions == []
     assert w.store.incident(inc).state == "resolved"  # type: ignore[union-attr]
     assert [a.outcome for a in w.store.attempts(incident_id=inc)] == ["skipped"]
+
+
+async def test_a_server_still_running_from_before_the_exit_is_restarted(tmp_path: Path) -> None:
+    """A runtime state that still shows the run from before the exit (not yet reaped) is no restart by the
+    runtime: the watchdog restarts it."""
+    w = World(tmp_path)
+    w.runtime.set_state(RunState.RUNNING, started_at=w.clock.time() - 60)
+    w.open("service_down", runtime_event="exit", exit_code=0, exited_at=w.clock.time())
+    await w.evaluate()
+    assert w.restarts() == 1
 
 
 async def test_every_open_incident_gets_a_verdict(tmp_path: Path) -> None:

@@ -354,7 +354,7 @@ class HealthDetector:
             code = ev.exit_code
             note = " (vLLM exits 0 after its engine dies)" if code == 0 else ""
             down = self._f(IncidentKind.SERVICE_DOWN, Severity.P0, f"vLLM process exited with code {code}{note}",
-                           exit_code=code, runtime_event=ev.kind)
+                           exit_code=code, runtime_event=ev.kind, exited_at=ev.at)
             if self.runtime_restart_grace_s is None:
                 out.append(down)
             else:  # its runtime restarts it: report only if it does not within the grace (tick)

@@ -364,13 +364,17 @@ class Remediator:
         first action (after that, a running server may be the watchdog's own start)."""
         if not step.disruptive or handle.runtime is None or len(self.store.attempts(incident_id=inc.id)) > 1:
             return None
-        if not any(i.evidence.get("runtime_event") in EXIT_EVENTS for i in self.store.open_incidents(inc.target)):
+        exits = [i.evidence.get("exited_at") for i in self.store.open_incidents(inc.target)
+                 if i.evidence.get("runtime_event") in EXIT_EVENTS]
+        exited_at = max((float(t) for t in exits if isinstance(t, int | float)), default=None)
+        if exited_at is None:
             return None
         try:
             st = await handle.runtime.state()
         except Exception:
             return None
-        if st.state not in (RunState.RUNNING, RunState.STARTING, RunState.RESTARTING):
+        started_after = st.started_at is not None and st.started_at > exited_at
+        if not (st.state == RunState.RESTARTING or (st.state == RunState.RUNNING and started_after)):
             return None
         return (f"RUNTIME_RESTARTED: the server exited but its runtime already runs it again ({st.state.value}); "
                 f"no {step.action}: verifying readiness instead")
