@@ -4,6 +4,7 @@ in the modules that consume that section."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from functools import cache
 from pathlib import Path
@@ -138,3 +139,25 @@ def test_every_key_has_a_reader(section: str, key: str) -> None:
     text = _text(_consumers(section))
     assert re.search(rf"\.{re.escape(key)}\b|\"{re.escape(key)}\"", text), (
         f"{section}.{key} is accepted but nothing in {_consumers(section)} reads it")
+
+
+@pytest.mark.parametrize(("name", "section"), [("host:disk", "disk"), ("host:memory", "memory"),
+                                               ("host:gpu", "gpu"), ("host:tls", "tls")])
+def test_host_sections_reach_probe_and_detector(tmp_path: Path, name: str, section: str) -> None:
+    """The probe and the detector of each host check hold the loaded section itself (no copy, no default)."""
+    cfg = load(f"host:\n  disk:\n    paths: [{tmp_path}]\n  tls:\n    cert_dir: {tmp_path}\n")
+    ex = extras_of(cfg)[name]
+    loaded = getattr(cfg.host, section)
+    assert ex.probe.settings is loaded
+    assert ex.detectors[0].settings is loaded
+
+
+def test_memory_meminfo_path_is_what_the_probe_reads(tmp_path: Path) -> None:
+    """host.memory.meminfo_path and threshold_percent change what the memory probe reports."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 1000 kB\nMemAvailable: 50 kB\n")
+    cfg = load(f"host:\n  memory:\n    meminfo_path: {meminfo}\n    threshold_percent: 99\n")
+    probe = extras_of(cfg)["host:memory"].probe
+    result = asyncio.run(probe.check())
+    assert result.values["used_percent"] == 95.0
+    assert result.status.value == "ok"  # 95 % is under the configured 99 %
