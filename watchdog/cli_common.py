@@ -26,7 +26,7 @@ from watchdog.config.models import WatchdogConfig
 from watchdog.errors import ConfigError
 from watchdog.logging_setup import use_color
 from watchdog.store import Store
-from watchdog.textsafe import safe_text
+from watchdog.textsafe import safe_json, safe_text
 
 DEFAULT_CONFIG = os.environ.get("VLLM_WATCHDOG_CONFIG", "/etc/vllm-watchdog/watchdog.yaml")
 
@@ -123,7 +123,7 @@ def ts(t: float | None) -> str:
 
 
 def emit_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=1, default=str, ensure_ascii=False))
+    print(safe_json(json.dumps(doc, indent=1, default=str, ensure_ascii=False)))  # no raw C1/bidi controls
 
 
 class Paint:

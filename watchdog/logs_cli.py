@@ -27,6 +27,7 @@ from watchdog.detectors.kernel import KernelDetector
 from watchdog.detectors.logs import LogCatalog, LogDetector
 from watchdog.errors import ConfigError
 from watchdog.model import Finding, LogLine
+from watchdog.textsafe import safe_json, safe_text
 
 _DOCKER_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d) ")
 # vLLM's start-up banner (0.6.x … 0.33): a new server process, where the daemon resets its detector
@@ -142,11 +143,11 @@ def run(args: argparse.Namespace) -> int:
     records = classify(read_lines(text, source), catalog, getattr(args, "target", "vllm"))
     for r in records:
         if args.json:
-            print(json.dumps(r, ensure_ascii=False, sort_keys=True))
+            print(safe_json(json.dumps(r, ensure_ascii=False, sort_keys=True)))
             continue
-        print(f"{r['line']:>6}  {r['severity']}  {r['kind']:<18} {r['class']:<22} {r['text'][:200]}")
+        print(f"{r['line']:>6}  {r['severity']}  {r['kind']:<18} {r['class']:<22} {safe_text(r['text'][:200])}")
         for ev in r["evidence"]:
-            print(f"{'':>6}    + line {ev['line']} ({ev['class']}): {ev['text'][:160]}")
+            print(f"{'':>6}    + line {ev['line']} ({ev['class']}): {safe_text(ev['text'][:160])}")
     if not args.json:
         print(f"{len(records)} finding(s) in {len(text.splitlines())} lines (source: {source})")
     return 0

@@ -28,6 +28,17 @@ def safe_text(text: str, *, multiline: bool = False) -> str:
     return (_UNSAFE if multiline else _UNSAFE_INLINE).sub(_escape, text)
 
 
+# In JSON text: C0 controls are always escaped by json.dumps, but with ensure_ascii=False DEL, C1 controls
+# (0x9b is a one-byte CSI) and bidi/format controls pass raw. \uXXXX keeps the value and the JSON identical.
+_UNSAFE_JSON = re.compile("[\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def safe_json(text: str) -> str:
+    """JSON text (from json.dumps) with the characters that can drive a terminal written as \\uXXXX escapes:
+    the same JSON value, safe to print."""
+    return _UNSAFE_JSON.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
 def safe_data(value: Any, depth: int = 0) -> Any:
     """`safe_text` applied to every string inside a JSON-like value (dict keys included)."""
     if isinstance(value, str):
@@ -41,4 +52,4 @@ def safe_data(value: Any, depth: int = 0) -> Any:
     return value
 
 
-__all__ = ["safe_data", "safe_text"]
+__all__ = ["safe_data", "safe_json", "safe_text"]

@@ -4,6 +4,7 @@ redact_data scrubs nested values, child_env is minimal, and a server's own log l
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from watchdog.incidents import IncidentManager
 from watchdog.model import Finding, Severity
 from watchdog.secrets import REDACTED, child_env, is_secret_value, redact_data, register_secret
 from watchdog.store import Store
-from watchdog.textsafe import safe_data, safe_text
+from watchdog.textsafe import safe_data, safe_json, safe_text
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,6 +30,9 @@ def test_safe_text_escapes_every_control() -> None:
     assert out == "ok\\x1b[2J\\x1b]52;c;ZXZpbA==\\x07\\x0dfake line\\u202eevil\\x9b31m"
     assert safe_text("a\tb\nc", multiline=True) == "a\tb\nc" and safe_text("a\nb") == "a\\x0ab"
     assert safe_data({"k\x1b": ["v\x07", 3]}) == {"k\\x1b": ["v\\x07", 3]}
+    raw = json.dumps({"s": HOSTILE}, ensure_ascii=False)
+    assert json.loads(safe_json(raw)) == {"s": HOSTILE}
+    assert not any(c in safe_json(raw) for c in "\x1b\x07\x9b\u202e")
 
 
 def test_redact_data_and_secret_values() -> None:
@@ -83,3 +87,7 @@ def test_cli_prints_hostile_target_text_escaped(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert "\x1b" not in out.stdout and "\x07" not in out.stdout and "\u202e" not in out.stdout
         assert "\\x1b[2J" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "watchdog", "incidents", "--json", "-c", str(cfg)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and json.loads(out.stdout)[0]["summary"] == HOSTILE
+    assert not any(c in out.stdout for c in "\x1b\x07\x9b\u202e")
