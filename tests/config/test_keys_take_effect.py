@@ -103,16 +103,16 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "targets[].detectors.sla": ("detectors/sla.py",),
     "targets[].detectors.stall": ("detectors/stall.py",),
     "targets[].detectors.breaker": ("detectors/breaker.py", "extras.py"),
-    "targets[].detectors.tls": ("probes/tls.py", "detectors/host.py", "extras.py", "preflight.py"),
+    "targets[].detectors.tls": ("probes/tls.py", "detectors/tls.py", "detectors/tls.py", "extras.py", "preflight.py"),
     "targets[].runtime (type: docker)": ("adapters/*.py", "preflight.py", "daemon.py", "watch.py"),
     "targets[].runtime (type: systemd)": ("adapters/*.py", "preflight.py", "daemon.py", "watch.py"),
     "targets[].runtime (type: process)": ("adapters/*.py", "preflight.py", "daemon.py", "watch.py"),
     "notify.receivers[]": ("notify/**/*.py", "config/receivers.py"),
     "notify.route": ("notify/routing.py", "config/routes.py"),
-    "host.disk": ("probes/disk.py", "detectors/host.py", "extras.py", "config/host.py"),
-    "host.memory": ("probes/host.py", "detectors/host.py", "extras.py"),
-    "host.gpu": ("probes/gpu.py", "detectors/host.py", "extras.py", "config/host.py"),
-    "host.tls": ("probes/tls.py", "detectors/host.py", "extras.py", "preflight.py"),
+    "host.disk": ("probes/disk.py", "detectors/disk.py", "detectors/disk.py", "extras.py", "config/host.py"),
+    "host.memory": ("probes/host.py", "detectors/memory.py", "detectors/memory.py", "extras.py"),
+    "host.gpu": ("probes/gpu.py", "detectors/gpu.py", "detectors/gpu.py", "extras.py", "config/host.py"),
+    "host.tls": ("probes/tls.py", "detectors/tls.py", "detectors/tls.py", "extras.py", "preflight.py"),
 }
 
 
