@@ -161,34 +161,15 @@ async def test_effective_env_merges_environment_files(tmp_path: Path) -> None:
         await rt_with(ScriptedRunner(show=[CommandResult(0, show, "")])).effective_env()
 
 
-async def test_read_logs_with_cursor() -> None:
-    """First read: the newest lines of the current run; then only entries after the saved cursor; then none."""
-    runner = ScriptedRunner(
-        show=[ok("show_active.txt")],
-        journalctl=[ok("journal_first.json"), ok("journal_next.json"), CommandResult(0, "", "")],
-    )
-    rt = rt_with(runner)
-    first = await rt.read_logs(max_lines=50)
-    assert [ln.text for ln in first] == [
-        "INFO 11-27 17:00:01 [api_server.py:1] vLLM API server version 0.11.0",
-        "torch.OutOfMemoryError: CUDA out of memory\ufffd",
-    ]
-    assert first[0].at == 1764262801.0
-    nxt = await rt.read_logs(max_lines=50)
-    assert [ln.text for ln in nxt] == ["ERROR EngineCore encountered a fatal error."]
-    assert await rt.read_logs(max_lines=50) == []
-    journal_calls = [argv for argv, _ in runner.calls if argv[0] == "journalctl"]
-    assert journal_calls[0] == ["journalctl", "--unit=vllm.service", "--output=json", "--no-pager", "--lines=50",
-                                "--output-fields=MESSAGE"]
-    assert journal_calls[1][-1] == "--after-cursor=s=5a1b;i=103;b=7c;m=3;t=5f2;x=ac"
-    assert journal_calls[2][-1] == "--after-cursor=s=5a1b;i=104;b=7c;m=4;t=5f3;x=ad"
-
-
-async def test_user_unit_journal_arguments() -> None:
-    """A --user unit reads its journal with `journalctl --user --user-unit=UNIT`."""
-    runner = ScriptedRunner(show=[ok("show_active.txt")], journalctl=[CommandResult(0, "", "")])
-    await rt_with(runner, user=True).read_logs(max_lines=5)
-    assert runner.calls[-1][0][:3] == ["journalctl", "--user", "--user-unit=vllm.service"]
+def test_journal_follow_arguments() -> None:
+    """The journal is followed with `journalctl -f -o json`: the newest N lines first, or after a cursor; a --user
+    unit with `--user --user-unit=UNIT` (the stream itself: test_systemd_push.py)."""
+    rt = rt_with(ScriptedRunner(show=[ok("show_active.txt")]))
+    assert rt.journalctl_argv(None, 50) == ["journalctl", "--unit=vllm.service", "--output=json", "--no-pager",
+                                            "--follow", "--output-fields=MESSAGE", "--lines=50"]
+    assert rt.journalctl_argv("s=1", 50)[-1] == "--after-cursor=s=1"
+    user = rt_with(ScriptedRunner(show=[ok("show_active.txt")]), user=True)
+    assert user.journalctl_argv(None, 5)[:3] == ["journalctl", "--user", "--user-unit=vllm.service"]
 
 
 async def test_events_by_polling() -> None:
@@ -197,7 +178,8 @@ async def test_events_by_polling() -> None:
     runner = ScriptedRunner(show=[ok("show_active.txt"), ok("show_exit0_inactive.txt"), ok("show_active.txt"),
                                   ok("show_auto_restart.txt"), unreachable, ok("show_active.txt")])
     clock = FakeClock()
-    rt = SystemdRuntime(SystemdRuntimeSettings(unit="vllm", poll_interval_s=2), runner=runner, clock=clock)
+    rt = SystemdRuntime(SystemdRuntimeSettings(unit="vllm", poll_interval_s=2, bus_address="unix:path=/nonexistent"),
+                        runner=runner, clock=clock)
     got: list[RuntimeEvent] = []
 
     async def consume() -> None:

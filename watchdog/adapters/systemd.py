@@ -1,26 +1,30 @@
-"""systemd runtime adapter: a vLLM server that runs as a systemd unit, seen and handled through
-`systemctl` and `journalctl`.
+"""systemd runtime adapter: a vLLM server that runs as a systemd unit, seen through D-Bus signals and one
+`journalctl -f` stream, handled through `systemctl`.
 
-Stage: observe + act (adapter). It parses `systemctl show` into a RuntimeState, reads the unit's new
-journal lines with a cursor, restarts / starts / stops the unit, and reports the environment the unit
-runs with. Events are derived by polling the state (systemd has no push channel we can use without
-D-Bus). Every command goes through an injectable async command runner (argv lists, never a shell), so
-command construction and output parsing are tested with recorded outputs: PID 1 is not systemd on the
-machines this project is developed on. It must never decide anything, never edit unit files, and never
-log the unit's environment.
+Stage: observe + act (adapter). Unit state is pushed: `UnitWatch` (adapters/systemd_bus) keeps the unit's
+properties current from `PropertiesChanged` signals, so `state()` is a cached read and `events()` turns
+each pushed transition into die / start / restart / oom events. Only when D-Bus cannot be reached does it
+fall back to `systemctl show` every `poll_interval_s` (30 s by default), retrying the bus each time. Logs
+come from one long-lived `journalctl -f -o json` child (adapters/systemd_journal) through a bounded
+buffer. Actions (start/stop/restart/kill) run `systemctl` through an injectable async command runner (argv
+lists, never a shell), so command construction and `systemctl show` parsing are tested with recorded
+outputs, and the pushed path against a private dbus-daemon: PID 1 is not systemd on the machines this
+project is developed on. It must never decide anything, never edit unit files, and never log the unit's
+environment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from watchdog.adapters.systemd_bus import BusUnavailable, UnitWatch
+from watchdog.adapters.systemd_journal import JournalFollower, parse_entry
 from watchdog.clock import Clock, SystemClock
 from watchdog.config.runtimes import SystemdRuntimeSettings
 from watchdog.errors import RuntimeUnavailable
@@ -28,11 +32,14 @@ from watchdog.model import ActionOutcome, ActionResult, LogLine, RunState, Runti
 
 SHOW_PROPERTIES = (
     "Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "ExecMainPID", "ExecMainCode",
-    "ExecMainStatus", "NRestarts", "ExecMainStartTimestamp",
+    "ExecMainStatus", "NRestarts", "ExecMainStartTimestamp", "Restart",
 )
 ENV_PROPERTIES = ("Environment", "EnvironmentFiles")
 
 #: stderr of systemctl/journalctl when systemd (or its bus) cannot be reached
+BUS_RETRY_S = 30.0  # without D-Bus: how often connecting is tried again
+RESYNC_S = 300.0  # with D-Bus: read every property once after this long without a signal
+
 _UNREACHABLE_MARKERS = (
     "System has not been booted with systemd",
     "Failed to connect to bus",
@@ -141,6 +148,7 @@ def state_from_show(props: Mapping[str, str]) -> RuntimeState:
         pid=pid or None,
         id=unit,
         detail=detail,
+        restart_policy=str(props.get("Restart") or "no"),
     )
 
 
@@ -188,25 +196,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def parse_journal_json(text: str) -> list[tuple[str, LogLine]]:
     """`journalctl -o json` lines → [(cursor, LogLine)]; binary MESSAGEs (byte arrays) are decoded."""
-    out: list[tuple[str, LogLine]] = []
-    for raw in text.splitlines():
-        raw = raw.strip()
-        if not raw:
-            continue
-        try:
-            entry = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        msg = entry.get("MESSAGE")
-        if isinstance(msg, list):
-            msg = bytes(b & 0xFF for b in msg if isinstance(b, int)).decode("utf-8", "replace")
-        elif msg is None:
-            msg = ""
-        at: float | None = None
-        with contextlib.suppress(TypeError, ValueError):
-            at = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
-        out.append((str(entry.get("__CURSOR", "")), LogLine(text=str(msg).rstrip("\n"), at=at)))
-    return out
+    return [e for e in (parse_entry(raw) for raw in text.splitlines() if raw.strip()) if e is not None]
 
 
 # ----------------------------------------------------------------------------------------------- runtime
@@ -228,8 +218,11 @@ class SystemdRuntime:
         self.unit = _unit_name(settings.unit)
         self._runner = runner
         self._clock = clock or SystemClock()
-        self._cursor: str | None = None
         self._closed = False
+        self._watch: UnitWatch | None = None
+        self._bus_tried_at = float("-inf")
+        self.bus_error: str | None = None  # why the pushed path is not in use (None while it is)
+        self.journal = JournalFollower(self.journalctl_argv, restart_min_s=BUS_RETRY_S / 6)
 
     # ------------------------------------------------------------------ commands
 
@@ -237,14 +230,13 @@ class SystemdRuntime:
         s = self.settings
         return [s.systemctl, *(["--user"] if s.user else []), *args]
 
-    def journalctl_argv(self, max_lines: int) -> list[str]:
+    def journalctl_argv(self, after_cursor: str | None, max_lines: int) -> list[str]:
+        """One `journalctl -f -o json` child: the newest `max_lines` first, or everything after the cursor."""
         s = self.settings
         unit_sel = ["--user", f"--user-unit={self.unit}"] if s.user else [f"--unit={self.unit}"]
-        argv = [s.journalctl, *unit_sel, "--output=json", "--no-pager", f"--lines={max_lines}",
-                "--output-fields=MESSAGE"]
-        if self._cursor:
-            argv.append(f"--after-cursor={self._cursor}")
-        return argv
+        start = [f"--after-cursor={after_cursor}"] if after_cursor else [f"--lines={max_lines}"]
+        return [s.journalctl, *unit_sel, "--output=json", "--no-pager", "--follow", "--output-fields=MESSAGE",
+                *start]
 
     async def _run(self, argv: Sequence[str], timeout_s: float | None = None) -> CommandResult:
         if self._closed:
@@ -264,7 +256,28 @@ class SystemdRuntime:
 
     # ------------------------------------------------------------------ observe
 
+    async def _bus(self) -> UnitWatch | None:
+        """The connected unit watch, or None (a new attempt at most every BUS_RETRY_S)."""
+        if self._watch is not None and self._watch.connected:
+            return self._watch
+        if self._closed or self._clock.monotonic() - self._bus_tried_at < BUS_RETRY_S:
+            return None
+        self._bus_tried_at = self._clock.monotonic()
+        watch = UnitWatch(self.unit, address=self.settings.bus_address, user=self.settings.user,
+                          timeout_s=min(self.settings.command_timeout_s, 10.0))
+        try:
+            await watch.connect()
+        except BusUnavailable as e:
+            self._watch, self.bus_error = None, str(e)[:300]
+            return None
+        self._watch, self.bus_error = watch, None
+        return watch
+
     async def state(self) -> RuntimeState:
+        """From the D-Bus cache (kept current by signals) when the bus is up, else `systemctl show`."""
+        watch = await self._bus()
+        if watch is not None:
+            return state_from_show(watch.snapshot())
         return state_from_show(await self._show(SHOW_PROPERTIES))
 
     async def is_active(self) -> str:
@@ -293,55 +306,80 @@ class SystemdRuntime:
         return env
 
     async def read_logs(self, max_lines: int = 2000) -> list[LogLine]:
-        """New journal lines after the last cursor, at most `max_lines` per call. The first call reads the
-        newest `max_lines` of the unit's current run; later calls continue from the cursor (oldest first), so
-        a burst is delivered over several calls rather than skipped."""
-        max_lines = max(1, int(max_lines))
-        first = self._cursor is None
-        since: float | None = None
-        if first:
+        """Journal entries that arrived since the last call (oldest first, at most `max_lines`). The first call
+        starts the `journalctl -f` stream with the newest `max_lines` of the unit's current run."""
+        if self._closed:
+            raise RuntimeUnavailable("systemd runtime is closed")
+        if self.journal.starts == 0 and self.journal.since is None:
             with contextlib.suppress(RuntimeUnavailable):
-                since = (await self.state()).started_at
-        res = await self._run(self.journalctl_argv(max_lines))
-        if res.returncode != 0 and not res.stdout:
-            raise RuntimeUnavailable(f"journalctl failed ({res.returncode}): {res.stderr.strip()[:200]}")
-        entries = parse_journal_json(res.stdout)
-        if entries:
-            self._cursor = entries[-1][0] or self._cursor
-        lines = [ln for _, ln in entries]
-        if first and since is not None:
-            lines = [ln for ln in lines if ln.at is None or ln.at >= since]
-        return lines[-max_lines:]
+                self.journal.since = (await self.state()).started_at
+        return await self.journal.read(max_lines)
+
+    async def _next_state(self, first: bool) -> tuple[RuntimeState | None, bool, str]:
+        """(state, pushed, error): the current state when `first`, else the next pushed transition (waits for
+        a signal; `deactivating` is skipped: the process still runs and its exit status is not known yet), else
+        one polled state. None with the error when neither path can reach systemd."""
+        watch = await self._bus()
+        if watch is not None:
+            snap: dict[str, str] | None = watch.snapshot() if first else None
+            while snap is None or (not first and snap.get("ActiveState") == "deactivating"):
+                snap = await watch.next_change(RESYNC_S)
+                if snap is None and watch.connected:
+                    try:
+                        snap = await watch.refresh()  # nothing pushed for RESYNC_S: read everything once
+                    except BusUnavailable:
+                        snap = None
+                if snap is None:
+                    break
+            if snap is not None:
+                return state_from_show(snap), True, ""
+            await watch.close()  # gone: the next round polls (and retries the bus)
+        try:
+            return state_from_show(await self._show(SHOW_PROPERTIES)), False, ""
+        except RuntimeUnavailable as e:
+            return None, False, str(e)[:200]
 
     async def events(self) -> AsyncIterator[RuntimeEvent]:
-        """Derived by polling the state every poll_interval_s: die / start / restart, and
-        systemd_unreachable / systemd_reachable edges. Never raises."""
+        """die / start / restart / oom from pushed D-Bus transitions (polled every poll_interval_s only while
+        the bus is unreachable), plus systemd_unreachable / systemd_reachable edges. Never raises."""
         prev: RuntimeState | None = None
         reachable = True
         while not self._closed:
-            try:
-                cur = await self.state()
-            except RuntimeUnavailable as e:
+            cur, pushed, error = await self._next_state(first=prev is None)
+            if self._closed:
+                return
+            if cur is None:
                 if reachable:
                     reachable = False
-                    yield RuntimeEvent("systemd_unreachable", self._clock.time(), attributes={"error": str(e)[:200]})
+                    yield RuntimeEvent("systemd_unreachable", self._clock.time(), attributes={"error": error})
             else:
                 if not reachable:
                     reachable = True
                     yield RuntimeEvent("systemd_reachable", self._clock.time())
+                was_pushed_first = pushed and prev is None
                 if prev is not None:
-                    for ev in self._diff(prev, cur):
+                    for ev in self._diff(prev, cur, pushed=pushed):
                         yield ev
                 prev = cur
-            await self._clock.sleep(self.settings.poll_interval_s)
+                if was_pushed_first:
+                    continue  # the baseline: now wait for the next signal
+            if not pushed and not self._closed:
+                await self._clock.sleep(self.settings.poll_interval_s)
 
-    def _diff(self, prev: RuntimeState, cur: RuntimeState) -> list[RuntimeEvent]:
+    def _diff(self, prev: RuntimeState, cur: RuntimeState, *, pushed: bool = False) -> list[RuntimeEvent]:
         now = self._clock.time()
         attrs = {"unit": self.unit}
         was_up = prev.state in (RunState.RUNNING, RunState.STARTING)
         is_up = cur.state in (RunState.RUNNING, RunState.STARTING)
         out: list[RuntimeEvent] = []
-        if cur.restart_count > prev.restart_count or (
+        if pushed:  # every transition arrives on its own: no "between polls" guessing
+            if was_up and not is_up:
+                out.append(RuntimeEvent("die", now, exit_code=cur.exit_code, attributes=attrs))
+            if cur.restart_count > prev.restart_count:
+                out.append(RuntimeEvent("restart", now, attributes={**attrs, "n_restarts": str(cur.restart_count)}))
+            elif is_up and not was_up:
+                out.append(RuntimeEvent("start", now, attributes=attrs))
+        elif cur.restart_count > prev.restart_count or (
             was_up and is_up and cur.started_at is not None and cur.started_at != prev.started_at
         ):
             # died and was restarted between two polls (systemd Restart=): both edges
@@ -396,6 +434,10 @@ class SystemdRuntime:
 
     async def close(self) -> None:
         self._closed = True
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            await watch.close()
+        await self.journal.close()
 
 
 __all__ = [

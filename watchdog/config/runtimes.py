@@ -56,7 +56,10 @@ class SystemdRuntimeSettings(Strict):
     systemctl: str = Field("systemctl", description="systemctl binary")
     journalctl: str = Field("journalctl", description="journalctl binary")
     command_timeout_s: float = Field(30.0, gt=0, description="Timeout of one systemctl/journalctl call")
-    poll_interval_s: float = Field(1.0, gt=0, description="State polling period of events()")
+    poll_interval_s: float = Field(30.0, gt=0, description="State polling period, used only while D-Bus cannot "
+                                   "be reached (with D-Bus, unit state changes are pushed as signals)")
+    bus_address: str | None = Field(None, description="D-Bus address, e.g. unix:path=/run/dbus/system_bus_socket "
+                                    "(default: the system bus, or the session bus for a user unit)")
     no_block: bool = Field(
         True, description="start with --no-block: return once the job is queued (readiness is verified by probes)"
     )
