@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from watchdog.adapters.instance_lock import holder_pid
 from watchdog.api import exposure_problem, tls_from
 from watchdog.clock import SystemClock
 from watchdog.config.loader import LineMap, line_map_of
@@ -182,8 +183,9 @@ def port_problem(listen: str, port: int, file: str) -> Problem | None:
     return None
 
 
-def endpoint_problems(cfg: WatchdogConfig, file: str) -> list[Problem]:
-    """The HTTP endpoint as the daemon starts it: token, TLS files, exposure beyond loopback, the port."""
+def endpoint_problems(cfg: WatchdogConfig, file: str, *, port: bool = True) -> list[Problem]:
+    """The HTTP endpoint as the daemon starts it: token, TLS files, exposure beyond loopback, the port
+    (unless `port` is false: the running watchdog of this state dir holds it)."""
     h = cfg.http
     if not h.enabled:
         return []
@@ -201,7 +203,7 @@ def endpoint_problems(cfg: WatchdogConfig, file: str) -> list[Problem]:
     exposed = exposure_problem(h.listen, tls=tls, token=token)
     if exposed is not None and not problems:
         problems.append(Problem(file, None, "http.listen", exposed.removeprefix("http.listen: "), ""))
-    pp = port_problem(h.listen, h.port, file)
+    pp = port_problem(h.listen, h.port, file) if port else None
     if pp is not None:
         problems.append(pp)
     return problems
@@ -221,14 +223,14 @@ def policy_secret_problems(policies: Iterable[Any], file: str) -> list[Problem]:
     return problems
 
 
-def live_problems(cfg: WatchdogConfig, file: str, policies: Iterable[Any] = ()) -> list[Problem]:
+def live_problems(cfg: WatchdogConfig, file: str, policies: Iterable[Any] = (), *, port: bool = True) -> list[Problem]:
     """What `run` resolves at start, resolved now: secrets (also the policies'), files, state dir, the HTTP
     endpoint and the process command. `run` refuses on any."""
     problems = [*_secret_problems(cfg, file), *_file_problems(cfg, file), *policy_secret_problems(policies, file)]
     sd = state_dir_problem(cfg.state_dir, file)
     if sd is not None:
         problems.append(sd)
-    problems += endpoint_problems(cfg, file)
+    problems += endpoint_problems(cfg, file, port=port)
     problems += command_problems(cfg, file)
     return locate(problems, cfg, file)
 
@@ -280,8 +282,10 @@ def runtime_problems(cfg: WatchdogConfig, file: str) -> list[Problem]:
 
 
 def check_live(cfg: WatchdogConfig, file: str, policies: Iterable[Any] = ()) -> list[Problem]:
-    """Everything `check --live` reports: `live_problems` plus runtime reachability."""
-    return live_problems(cfg, file, policies) + locate(runtime_problems(cfg, file), cfg, file)
+    """Everything `check --live` reports: `live_problems` plus runtime reachability. While a watchdog runs on
+    this state dir (it holds the instance lock) its own port is not a problem: checking before a reload works."""
+    running = holder_pid(cfg.state_dir) is not None
+    return live_problems(cfg, file, policies, port=not running) + locate(runtime_problems(cfg, file), cfg, file)
 
 
 __all__ = [

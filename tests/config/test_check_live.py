@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from watchdog.adapters.instance_lock import InstanceLock
 from watchdog.cli import main
 
 POLICY = "policies:\n  - name: down\n    match: {kinds: [service_down]}\n    steps:\n      - action: restart\n"
@@ -204,3 +205,19 @@ def test_policy_step_secret_is_resolved(tmp_path: Path, capsys: pytest.CaptureFi
         "      - {action: http_call, url: 'http://127.0.0.1:9/reset', token_env: WD_TEST_RESET_TOKEN}\n")
     assert_live_only(verdicts(cfg, capsys), "policies.breaker.steps[0].token_env: environment variable "
                      "WD_TEST_RESET_TOKEN is not set")
+
+
+def test_check_live_beside_the_running_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a watchdog holds the state dir's lock, its own port is not reported by check --live."""
+    monkeypatch.setenv("WD_TEST_HOOK", "http://127.0.0.1:9/")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        cfg = write_config(tmp_path, port=port)
+        assert main(["check", "--live", "-c", str(cfg)]) == 2  # nobody holds the lock: a stranger has the port
+        capsys.readouterr()
+        with InstanceLock(tmp_path / "state"):
+            assert main(["check", "--live", "-c", str(cfg)]) == 0
+    assert "ok" in capsys.readouterr().out
