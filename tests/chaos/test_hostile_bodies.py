@@ -3,6 +3,7 @@ against a real hostile server on loopback (endless, huge, trickling, gzip-bomb b
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,11 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from chaos.hostile_server import HUGE, HostileServer
+from notify.conftest import make_notification
 
 from watchdog.adapters.http import PROBE_BODY_CAP, RECEIVER_REPLY_CAP, read_capped, request_capped
 from watchdog.clock import FakeClock
+from watchdog.config.receivers import EmailReceiverConfig
 from watchdog.detectors.breaker import BreakerProbe, BreakerSettings
-from watchdog.model import ActionOutcome, Incident, IncidentState, Severity, Status
+from watchdog.model import ActionOutcome, DeliveryOutcome, Incident, IncidentState, Severity, Status
+from watchdog.notify.notifiers.email import EmailNotifier
 from watchdog.notify.notifiers.webhook import post_bytes
 from watchdog.probes.http import CanaryProbe, LivenessProbe, ReadinessProbe
 from watchdog.probes.metrics import MetricsProbe
@@ -136,3 +140,34 @@ async def test_exec_output_is_bounded(client: httpx.AsyncClient, tmp_path: Path)
     res = await A.ACTIONS["exec"](_ctx(step, client, tmp_path))
     assert res.outcome is ActionOutcome.OK, res
     assert res.details["output"].endswith("END\n") and len(res.details["output"]) <= 500
+
+
+async def test_email_receiver_reply_is_capped() -> None:
+    """An SMTP server streaming "220-" greeting lines forever costs the email notifier 64 KB: a retryable
+    failure that says why, and the server is hung up on."""
+    sent = 0
+
+    async def endless_greeting(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        line = b"220-" + b"z" * 1000 + b"\r\n"
+        try:
+            while True:
+                w.write(line)
+                await w.drain()
+                sent += len(line)
+        except ConnectionError:
+            pass
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(endless_greeting, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        cfg = EmailReceiverConfig(host="127.0.0.1", port=port, security="none", from_addr="wd@example.com",
+                                  to=["oncall@example.com"], timeout_s=5)
+        d = await EmailNotifier("mail", cfg, clock=FakeClock()).send(make_notification())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert d.outcome is DeliveryOutcome.RETRYABLE and "reply larger than 65536 bytes" in d.reason, d
+    assert sent < SOCKET_SLACK

@@ -9,7 +9,8 @@ thread them; `Message-ID` is derived from the notification id (stable across ret
 Outcomes: connection refused / reset / timeouts / TLS failures / 4xx replies → retryable; 5xx replies
 (bad recipient, sender refused, auth rejected with 535) and a server without STARTTLS/AUTH →
 permanent. Some recipients refused but others accepted → ok, with the refused ones in the reason.
-The password is a secret: never in a reason or a log line. This module must never block the event
+The password is a secret: never in a reason or a log line. Each server reply is read up to 64 KB
+(`RECEIVER_REPLY_CAP`); a longer one is a retryable failure. This module must never block the event
 loop (smtplib runs in a thread) or raise on a failed delivery.
 """
 
@@ -22,7 +23,9 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
+from watchdog.adapters.http import RECEIVER_REPLY_CAP
 from watchdog.clock import Clock, SystemClock
 from watchdog.config.receivers import EmailReceiverConfig
 from watchdog.model import Delivery, DeliveryOutcome, Notification
@@ -30,6 +33,54 @@ from watchdog.notify.notifiers.webhook import Scrubber, optional_secret
 from watchdog.notify.render import build_message, compile_template, fmt_value
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+
+
+class _ReplyTooLarge(OSError):
+    """One SMTP reply went past RECEIVER_REPLY_CAP (smtplib has no bound on the number of reply lines)."""
+
+
+class _CappedReader:
+    """The socket file smtplib reads a reply from, allowing at most `cap` bytes for that reply."""
+
+    def __init__(self, raw: Any, cap: int) -> None:
+        self._raw, self._left = raw, cap
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self._raw.readline(limit)
+        self._left -= len(line)
+        if self._left < 0:
+            raise _ReplyTooLarge(f"reply larger than {RECEIVER_REPLY_CAP} bytes")
+        return line
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class _CappedSMTP(smtplib.SMTP):
+    """smtplib.SMTP reading at most RECEIVER_REPLY_CAP bytes of each reply (a hostile server streaming
+    "250-" lines forever would otherwise grow the worker thread's memory until the process dies)."""
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None:
+            if self.sock is None:
+                raise smtplib.SMTPServerDisconnected("please run connect() first")
+            self.file = self.sock.makefile("rb")
+        raw = self.file
+        self.file = _CappedReader(raw, RECEIVER_REPLY_CAP)
+        try:
+            return super().getreply()
+        except smtplib.SMTPServerDisconnected as e:
+            if isinstance(e.__context__, _ReplyTooLarge):
+                raise smtplib.SMTPResponseException(
+                    451, f"reply larger than {RECEIVER_REPLY_CAP} bytes (not read further)".encode()) from None
+            raise
+        finally:
+            if self.file is not None:
+                self.file = raw
+
+
+class _CappedSMTPSSL(_CappedSMTP, smtplib.SMTP_SSL):
+    """Implicit TLS, with the same reply cap."""
 def _code_outcome(code: int) -> DeliveryOutcome:
     return DeliveryOutcome.RETRYABLE if 400 <= code < 500 else DeliveryOutcome.PERMANENT
 
@@ -98,7 +149,7 @@ class EmailNotifier:
         cfg = self._cfg
         smtp: smtplib.SMTP
         if cfg.security == "ssl":
-            smtp = smtplib.SMTP_SSL(
+            smtp = _CappedSMTPSSL(
                 cfg.host,
                 self._port,
                 local_hostname=cfg.local_hostname,
@@ -106,7 +157,7 @@ class EmailNotifier:
                 context=self._ssl_context(),
             )
         else:
-            smtp = smtplib.SMTP(cfg.host, self._port, local_hostname=cfg.local_hostname, timeout=cfg.timeout_s)
+            smtp = _CappedSMTP(cfg.host, self._port, local_hostname=cfg.local_hostname, timeout=cfg.timeout_s)
         with smtp:
             smtp.ehlo()
             if cfg.security == "starttls":
