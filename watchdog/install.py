@@ -2,7 +2,11 @@
 
 Creates the system user, a virtualenv under the prefix with this project pip-installed into it, the
 hardened systemd unit (paths rewritten to the chosen prefix and config directory), the config (from the
-shipped example, never overwriting an existing one), the env-file example, and reloads systemd. Every
+shipped example, never overwriting an existing one), the env-file example, and reloads systemd. The unit,
+env example and example config are package data (`watchdog/data/systemd/`, `watchdog/data/examples/`:
+symlinks to `systemd/` and `examples/systemd/` in the repository, real copies in a wheel), so the same
+code works from a checkout and from an installed wheel; from a wheel, pip installs
+`vllm-watchdog==<this version>` unless `--source` names a wheel or a directory. Every
 step is printed as the equivalent shell command, so `--dry-run` is an exact, reviewable plan.
 `--root DIR` prefixes every path written (staging, packaging, tests); `--skip-system` leaves out the
 steps that change the host's accounts and service manager (useradd, chown, systemctl).
@@ -82,6 +86,17 @@ class InstallOptions:
         return Path(self.root) / p.relative_to("/") if self.root else p
 
 
+DATA = Path(__file__).resolve().parent / "data"
+SHIPPED_UNIT = DATA / "systemd" / UNIT_NAME
+SHIPPED_ENV = DATA / "systemd" / "vllm-watchdog.env.example"
+SHIPPED_CONFIG = DATA / "examples" / "systemd.yaml"
+
+
+def shipped(path: Path) -> Path:
+    """A package data file as its real path (in a checkout, what the symlink points at)."""
+    return path.resolve()
+
+
 def find_source_dir(start: Path | None = None) -> Path | None:
     """The checkout this package runs from (it holds pyproject.toml and systemd/), or None."""
     root = Path(__file__).resolve().parents[1] if start is None else start.resolve()
@@ -91,11 +106,11 @@ def find_source_dir(start: Path | None = None) -> Path | None:
 
 
 def find_config_example(source_dir: Path | None) -> Path | None:
-    """The shipped config example for a systemd deployment (`examples/*systemd*.yaml`), if any."""
-    if source_dir is None or not (source_dir / "examples").is_dir():
-        return None
-    found = sorted((source_dir / "examples").glob("*systemd*.y*ml"))
-    return found[0] if found else None
+    """The example config for a systemd deployment: the checkout's `examples/systemd/watchdog.yaml`, else the
+    copy shipped as package data."""
+    if source_dir is not None and (source_dir / "examples" / "systemd" / "watchdog.yaml").is_file():
+        return source_dir / "examples" / "systemd" / "watchdog.yaml"
+    return shipped(SHIPPED_CONFIG) if SHIPPED_CONFIG.is_file() else None
 
 
 def render_unit(template: str, opts: InstallOptions) -> str:
@@ -161,16 +176,13 @@ def _write(dest: Path, text: str, mode: int, *, exclusive: bool) -> Callable[[],
 def plan_systemd(opts: InstallOptions) -> list[Step]:
     """Every step of `install systemd`, in order, with skips decided from the current state of the host."""
     src = opts.source_dir
-    if src is None:
-        raise InstallError(
-            "cannot find the vllm-watchdog checkout (pyproject.toml + systemd/vllm-watchdog.service); "
-            "run the installer from a checkout or pass --source-dir DIR"
-        )
-    unit_template = src / "systemd" / UNIT_NAME
-    env_example = src / "systemd" / "vllm-watchdog.env.example"
+    base = src / "systemd" if src is not None else None
+    unit_template = base / UNIT_NAME if base is not None else shipped(SHIPPED_UNIT)
+    env_example = base / "vllm-watchdog.env.example" if base is not None else shipped(SHIPPED_ENV)
     for f in (unit_template, env_example):
         if not f.is_file():
-            raise InstallError(f"{f}: missing from the checkout (needed to install the unit)")
+            raise InstallError(f"{f}: missing (needed to install the unit); pass --source-dir CHECKOUT or reinstall "
+                               "the package")
 
     prefix, cfg, units = opts.at(opts.prefix), opts.at(opts.config_dir), opts.at(opts.unit_dir)
     venv = prefix / "venv"
@@ -203,7 +215,10 @@ def plan_systemd(opts: InstallOptions) -> list[Step]:
     venv_cmd = [opts.python, "-m", "venv", str(venv)]
     has_venv = (venv / "bin" / "python").exists()
     steps.append(Step(f"create virtualenv {venv}", venv_cmd, _run(venv_cmd), "exists, reused" if has_venv else None))
-    source = opts.source or str(src)
+    source = opts.source or (str(src) if src is not None else f"vllm-watchdog=={__version__}")
+    if opts.source is None and src is None:
+        opts.notes.append(f"pip installs vllm-watchdog=={__version__} from the package index; offline, pass "
+                          "--source WHEEL or --pip-arg=--no-index --pip-arg=--find-links=DIR")
     pip_cmd = [str(venv / "bin" / "python"), "-m", "pip", "install", "--upgrade", *opts.pip_args, source]
     steps.append(Step(f"pip-install vllm-watchdog from {source}", pip_cmd, _run(pip_cmd)))
 
@@ -255,8 +270,8 @@ def plan_systemd(opts: InstallOptions) -> list[Step]:
     chown_cmd = ["chown", f"root:{opts.user}", str(env_dest)]
     steps.append(Step(f"let group {opts.user} read {env_dest}", chown_cmd, _run(chown_cmd), system_skip))
 
-    docs = src / "docs" / "deploy.md"
-    if docs.is_file():
+    docs = src / "docs" / "deploy.md" if src is not None else None
+    if docs is not None and docs.is_file():
         docs_dest = prefix / "docs" / "deploy.md"
         steps.append(
             Step(
@@ -348,7 +363,8 @@ def add_install_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     s.add_argument(
         "--skip-system", action="store_true", help="skip useradd, chown and systemctl (staging, containers, tests)"
     )
-    s.add_argument("--source-dir", default=None, help="the vllm-watchdog checkout (default: the running one)")
+    s.add_argument("--source-dir", default=None, help="the vllm-watchdog checkout (default: the running one, if "
+                   "it runs from a checkout; else the unit and examples shipped in the package)")
     s.add_argument("--source", default=None, help="what pip installs (default: the checkout; or e.g. a wheel)")
     s.add_argument(
         "--pip-arg",
@@ -357,7 +373,8 @@ def add_install_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         help="extra pip argument, repeatable (offline: --pip-arg=--no-index --pip-arg=--find-links=/srv/wheels)",
     )
     s.add_argument("--python", default=sys.executable, help="interpreter for the virtualenv (>= 3.11)")
-    s.add_argument("--config-example", default=None, help="config to install if none exists (default: examples/)")
+    s.add_argument("--config-example", default=None, help="config to install if none exists (default: "
+                   "examples/systemd/watchdog.yaml, shipped in the package)")
     s.set_defaults(func=run_install)
 
 

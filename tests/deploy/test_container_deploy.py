@@ -42,11 +42,12 @@ def test_dockerfile_is_small_non_root_with_healthcheck() -> None:
     """python:3.11-slim base, a non-root USER, the /healthz HEALTHCHECK on 9321, the daemon as entrypoint."""
     text = (ROOT / "Dockerfile").read_text()
     froms = re.findall(r"^FROM (\S+)", text, re.M)
-    assert froms and all(f == "python:3.11-slim" for f in froms)
+    assert froms and all(f == "${PYTHON_IMAGE}" for f in froms)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3.11-slim$", text, re.M)
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     assert "WATCHDOG_HEALTHZ_URL=http://127.0.0.1:9321/healthz" in text
-    assert re.search(r'^ENTRYPOINT \["vllm-watchdog"\]', text, re.M)
+    assert re.search(r'^ENTRYPOINT \["/usr/bin/tini", "--", "vllm-watchdog"\]', text, re.M)
     assert re.search(r'^CMD \["run", "--config", "/etc/vllm-watchdog/watchdog.yaml"\]', text, re.M)
 
 
@@ -91,13 +92,15 @@ def test_healthcheck_command_follows_healthz(healthz_server: tuple[str, type[_He
 
 
 def test_dockerignore_keeps_only_the_build_inputs() -> None:
-    """The build context is pyproject.toml, README.md and watchdog/ only (no .venv, tests, state)."""
+    """The build context is pyproject.toml, README.md, watchdog/ and what watchdog/data links to (no .venv,
+    tests, state)."""
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and ln[0] != "#"]
     assert lines[0] == "*"
     assert {"!pyproject.toml", "!README.md", "!watchdog/"} <= set(lines)
     copies = re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
     copied = {p for c in copies for p in c.split()}
-    assert copied == {"pyproject.toml", "README.md", "watchdog"}
+    assert copied == {"pyproject.toml", "README.md", "watchdog", "policies/default.yaml", "systemd",
+                      "examples/systemd"}
 
 
 # ------------------------------------------------------------------------------------- docker compose

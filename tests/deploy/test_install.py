@@ -12,6 +12,7 @@ import argparse
 import base64
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -176,3 +177,54 @@ def test_module_entry_point_dry_run(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "systemctl daemon-reload" in r.stdout
+
+
+def test_checkout_installs_the_example_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """From a checkout, the plan installs examples/systemd/watchdog.yaml as the config (issue 13 §7)."""
+    assert install.run_install(_parse(["--dry-run", "--root", str(tmp_path)])) == 0
+    out = capsys.readouterr().out
+    assert f"install -m 0644 {ROOT}/examples/systemd/watchdog.yaml {tmp_path}/etc/vllm-watchdog/watchdog.yaml" in out
+    assert "no example config found" not in out
+
+
+def test_package_data_is_one_source_of_truth() -> None:
+    """watchdog/data/ holds symlinks to the unit, env example, example config and default policy in the repo."""
+    data = ROOT / "watchdog" / "data"
+    for link, target in (("systemd/vllm-watchdog.service", "systemd/vllm-watchdog.service"),
+                         ("systemd/vllm-watchdog.env.example", "systemd/vllm-watchdog.env.example"),
+                         ("examples/systemd.yaml", "examples/systemd/watchdog.yaml"),
+                         ("default_policy.yaml", "policies/default.yaml")):
+        assert (data / link).is_symlink() and (data / link).resolve() == (ROOT / target).resolve(), link
+
+
+def test_install_from_a_built_wheel(tmp_path: Path) -> None:
+    """A wheel built from this tree carries the unit, env example and example config (real files), and
+    `vllm-watchdog install systemd --dry-run --root TMP` run from the unpacked wheel (no checkout) plans them."""
+    src = tmp_path / "src"  # a copy (symlinks followed), so the build writes nothing into the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "watchdog", src / "watchdog", symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(dist), str(src)], check=True, capture_output=True, timeout=300)
+    [whl] = list(dist.glob("vllm_watchdog-*.whl"))
+    names = zipfile.ZipFile(whl).namelist()
+    for f in ("watchdog/data/systemd/vllm-watchdog.service", "watchdog/data/systemd/vllm-watchdog.env.example",
+              "watchdog/data/examples/systemd.yaml", "watchdog/data/default_policy.yaml"):
+        assert f in names, f
+    site = tmp_path / "site"
+    zipfile.ZipFile(whl).extractall(site)
+    root = tmp_path / "root"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import watchdog; "
+            "assert watchdog.__file__.startswith(sys.argv[1]), watchdog.__file__; "
+            "from watchdog.cli import main; sys.exit(main(['install', 'systemd', '--dry-run', '--root', sys.argv[2]]))")
+    r = subprocess.run([sys.executable, "-c", code, str(site), str(root)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pkg = site / "watchdog" / "data"
+    assert f"install -m 0644 {pkg}/systemd/vllm-watchdog.service {root}/etc/systemd/system/" in r.stdout
+    assert f"install -m 0644 {pkg}/examples/systemd.yaml {root}/etc/vllm-watchdog/watchdog.yaml" in r.stdout
+    assert "pip install --upgrade vllm-watchdog==" in r.stdout and "cannot find" not in r.stdout + r.stderr
+    assert not root.exists() or list(root.iterdir()) == []
