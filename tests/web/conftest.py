@@ -4,6 +4,7 @@ Alertmanager. Every process started here is stopped in teardown."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from integration.harness import Harness, HookReceiver, wait_for
 
+WRITE_EVENTS = {"silenced", "acknowledged", "manual_step", "outbox_retry", "outbox_drop", "ingested"}
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
@@ -66,15 +68,36 @@ class WebHarness(Harness):
         content = raw if raw is not None else httpx.Request("POST", "http://x", json=body).content
         return await self.http.post(self.base + path, content=content, headers=hdrs)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything a refused write must leave unchanged."""
+    def snapshot(self, *, full: bool = True) -> dict[str, Any]:
+        """What a refused write must leave unchanged: silences, acks and the history entries writes make;
+        with `full`, also every incident, history length and outbox row (for a settled daemon)."""
         st = self.daemon.store
         incidents = st.incidents(limit=1000)
-        return {"incidents": [(i.id, i.state.value, i.occurrences, i.severity.value) for i in incidents],
-                "events": {i.id: len(st.events(i.id)) for i in incidents},
-                "silences": [(s.id, s.target, s.kind) for s in st.silences()],
-                "outbox": [(r.id, r.state) for r in st.outbox_rows(limit=1000)],
-                "acked": {i.id: st.get(f"acked:{i.id}") for i in incidents}}
+        doc: dict[str, Any] = {
+            "silences": [(s.id, s.target, s.kind) for s in st.silences()],
+            "acked": {i.id: st.get(f"acked:{i.id}") for i in incidents},
+            "writes": {i.id: [(e["event"], e["at"]) for e in st.events(i.id) if e["event"] in WRITE_EVENTS]
+                       for i in incidents},
+        }
+        if full:
+            doc["incidents"] = [(i.id, i.state.value, i.occurrences, i.severity.value) for i in incidents]
+            doc["events"] = {i.id: len(st.events(i.id)) for i in incidents}
+            doc["outbox"] = [(r.id, r.state) for r in st.outbox_rows(limit=1000)]
+        return doc
+
+    async def settle(self) -> dict[str, Any]:
+        """The full snapshot once it holds still for 1.2 s (remediation ticks every second)."""
+        last: list[dict[str, Any]] = [{}]
+
+        async def still() -> bool:
+            now = self.snapshot()
+            same, last[0] = now == last[0], now
+            if not same:
+                await asyncio.sleep(1.2)
+            return same
+
+        await wait_for(still, timeout=20, what="the daemon's state holds still", step=0.0)
+        return last[0]
 
 
 @pytest.fixture

@@ -47,9 +47,9 @@ async def test_bad_input_on_every_write_changes_nothing(web: WebHarness) -> None
     endpoint answers the documented 4xx, and the store is exactly as before."""
     h = web
     await h.start()
-    iid = await open_incident(h)
+    iid = await open_incidents_and_settle(h)
     row = await outbox_row(h)
-    before = h.snapshot()
+    before = await h.settle()
     huge = b'{"reason": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     for tmpl in WRITES:
         path = tmpl.format(iid=iid, row=row)
@@ -150,10 +150,10 @@ async def test_alertmanager_ingress_is_idempotent_and_resolves(web: WebHarness) 
     `critical` re-post escalates it; the resolved alert resolves it."""
     h = web
     await h.start()
-    iid = await open_incident(h)
+    iid = await open_incidents_and_settle(h)
     inc = h.daemon.store.incident(iid)
     assert (inc.kind, inc.severity.value, inc.summary) == ("latency_sla", "P2", "p95 latency 4.2 s")
-    before = h.snapshot()
+    before = await h.settle()
     again = await h.post("/api/v1/alerts/alertmanager", am_payload())
     assert again.json()["applied"] == 0 and h.snapshot() == before
     assert (await h.post("/api/v1/alerts/alertmanager", am_payload(severity="critical"))).json()["applied"] == 1
@@ -169,11 +169,11 @@ async def test_writes_do_not_exist_without_a_token(web_noauth: WebHarness) -> No
     """Without auth.token_file/token_env every write path is 404 (even with a token), and nothing changes."""
     h = web_noauth
     await h.start()
-    before = h.snapshot()
+    before = h.snapshot(full=False)
     for tmpl in WRITES:
         resp = await h.post(tmpl.format(iid=1, row=1), {"reason": "r"}, token="anything")
         assert resp.status_code == 404, resp.text
-    assert h.snapshot() == before
+    assert h.snapshot(full=False) == before
     state = (await h.http.get(h.base + "/api/v1/state")).json()
     assert state["writes"] is False
 
