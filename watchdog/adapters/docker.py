@@ -32,6 +32,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from watchdog.adapters.docker_logs import MAX_BUFFER, LogFollow, ts_ns
 from watchdog.config.runtimes import DockerRuntimeSettings
 from watchdog.errors import RuntimeUnavailable
 from watchdog.model import ActionOutcome, ActionResult, LogLine, RunState, RuntimeEvent, RuntimeState
@@ -64,14 +65,9 @@ def _parse_time(s: str | None) -> float | None:
         return None
 
 
-def _ts_ns(stamp: str) -> int | None:
-    """Exact nanoseconds of an RFC3339Nano log timestamp like `2024-01-01T00:00:00.123456789Z`."""
-    try:
-        base, _, frac = stamp.rstrip("Z").partition(".")
-        sec = int(datetime.fromisoformat(base + "+00:00").timestamp())
-        return sec * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
-    except ValueError:
-        return None
+def _newest(lines: list[tuple[int, str]], max_lines: int) -> list[LogLine]:
+    """(ns, text) lines → LogLines, oldest first, the newest `max_lines` of them."""
+    return [LogLine(text=text, at=ns / 1e9) for ns, text in sorted(lines, key=lambda x: x[0])[-max_lines:]]
 
 
 def _env_list_to_dict(env: list[str] | None) -> dict[str, str]:
@@ -198,10 +194,7 @@ class DockerRuntime:
         self._last_running: bool | None = None
         self._last_started: float | None = None
         # log cursor: exact ns of the newest line returned, and the lines already returned at that stamp
-        self._log_container: str | None = None
-        self._log_last_ns: int | None = None
-        self._log_seen_at_last: set[str] = set()
-        self._log_in_last_second = 0
+        self._log_follow: LogFollow | None = None
         self._subs: list[_Subscription] = []
         self._closed = False
         #: monotonic time of every events-stream connection attempt (observability; proves the backoff)
@@ -340,25 +333,45 @@ class DockerRuntime:
         return _env_list_to_dict((attrs.get("Config") or {}).get("Env"))
 
     async def read_logs(self, max_lines: int = 2000) -> list[LogLine]:
+        """Lines new since the last call (the newest `max_lines` at most). While the container runs they come
+        from one followed log stream (`LogFollow`, its own thread and client: no call per read); when there is
+        none (first read, or the run it followed ended) the backlog after the last line seen (or since the
+        run's start) is read once and a new stream is started after it."""
         max_lines = max(1, int(max_lines))
+        f = self._log_follow
+        if f is not None and f.alive:
+            return _newest(f.drain(), max_lines)
         attrs = await self.inspect()
         if attrs is None:
-            return []
+            return _newest(f.drain(), max_lines) if f is not None else []
         cid = str(attrs["Id"])
-        if cid != self._log_container:  # new container (or first read): start at its current run
-            self._log_container = cid
-            started = _parse_time((attrs.get("State") or {}).get("StartedAt"))
-            self._log_last_ns = None if started is None else int(started * 1e9) - 1
-            self._log_seen_at_last = set()
-            self._log_in_last_second = 0
-        last_ns = self._log_last_ns
-        since = None if last_ns is None else max(1, last_ns // 1_000_000_000)  # whole seconds (the API's unit)
-        tail = max_lines + self._log_in_last_second  # lines of the boundary second we drop below
+        state = attrs.get("State") or {}
+        same = f is not None and f.cid == cid
+        got = f.drain() if f is not None and same else []
+        after = f.last_ns if f is not None and same else None
+        if f is not None:
+            await asyncio.to_thread(f.close)
+            self._log_follow = None
+        started = _parse_time(state.get("StartedAt"))
+        since_ns = None if started is None else int(started * 1e9) - 1
+        backlog = await self._log_backlog(cid, after, since_ns, max_lines)
+        got += backlog
+        last = max([after or 0, *(ns for ns, _ in got)]) or None
+        if state.get("Running") and not self._closed:
+            self._log_follow = LogFollow(self._stream_client, cid, after_ns=last, since_ns=since_ns,
+                                         tail=max_lines).start()
+        return _newest(got, max_lines)
+
+    async def _log_backlog(self, cid: str, after_ns: int | None, since_ns: int | None,
+                           max_lines: int) -> list[tuple[int, str]]:
+        """One bounded, non-following read: lines after `after_ns` (else the newest `max_lines` of the run)."""
+        start = after_ns if after_ns is not None else since_ns
 
         def fetch(client: Any) -> bytes:
-            kw: dict[str, Any] = {"stdout": True, "stderr": True, "timestamps": True, "tail": tail}
-            if since is not None:
-                kw["since"] = int(since)
+            kw: dict[str, Any] = {"stdout": True, "stderr": True, "timestamps": True,
+                                  "tail": max_lines if after_ns is None else MAX_BUFFER}
+            if start is not None and start > 0:
+                kw["since"] = start / 1e9
             out: bytes = client.api.logs(cid, **kw)
             return out
 
@@ -368,29 +381,20 @@ class DockerRuntime:
             return []
         except docker.errors.APIError as e:
             raise RuntimeUnavailable(f"cannot read logs of {self._selector_desc()}: {_api_reason(e)}") from e
-        out: list[LogLine] = []
-        newest_ns = last_ns
-        seen_newest: set[str] = set(self._log_seen_at_last)
-        for raw_line in raw.decode("utf-8", errors="replace").splitlines():
-            stamp, _, text = raw_line.partition(" ")
-            ns = _ts_ns(stamp)
-            if ns is None:
-                continue
-            if last_ns is not None and (ns < last_ns or (ns == last_ns and text in self._log_seen_at_last)):
-                continue
-            out.append(LogLine(text=text, at=ns / 1e9))
-            if newest_ns is None or ns > newest_ns:
-                newest_ns, seen_newest = ns, {text}
-            elif ns == newest_ns:
-                seen_newest.add(text)
-        out = out[-max_lines:]
-        if newest_ns is not None:
-            sec = newest_ns // 1_000_000_000
-            prev_sec = None if last_ns is None else last_ns // 1_000_000_000
-            in_sec = sum(1 for ln in out if ln.at is not None and int(ln.at) == sec)
-            self._log_in_last_second = in_sec + (self._log_in_last_second if prev_sec == sec else 0)
-            self._log_last_ns, self._log_seen_at_last = newest_ns, seen_newest
+        out: list[tuple[int, str]] = []
+        for line in raw.decode("utf-8", errors="replace").splitlines():
+            stamp, _, text = line.partition(" ")
+            ns = ts_ns(stamp)
+            if ns is not None and (after_ns is None or ns > after_ns):
+                out.append((ns, text))
         return out
+
+    def _stream_client(self) -> Any:
+        """A client of its own for one long-lived log stream (never a slot of the actions' pool), without a
+        read timeout: a quiet server is not a broken stream (the thread ends when the stream is closed)."""
+        if self._client_factory != self._default_client:
+            return self._client_factory()
+        return docker.DockerClient(base_url=self._base_url(), version="auto", timeout=None)
 
     # ------------------------------------------------------------------ Runtime protocol: act
 
@@ -802,6 +806,9 @@ class DockerRuntime:
 
     async def close(self) -> None:
         self._closed = True
+        follow, self._log_follow = self._log_follow, None
+        if follow is not None:
+            await asyncio.to_thread(follow.close)
         for sub in list(self._subs):
             sub.close()
             sub.post("closed", None)
