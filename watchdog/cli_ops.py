@@ -28,7 +28,9 @@ from watchdog.cli_common import (
     EXIT_USAGE,
     CliError,
     Located,
+    duration_arg,
     emit_json,
+    format_duration,
     locate,
     open_store,
 )
@@ -97,7 +99,8 @@ def _await_daemon(st: Store, n: Notification, receiver: str, wait_s: float) -> t
         if row is not None and (row.state != "pending" or row.attempts > 0):
             return row.state if row.state != "pending" else "retrying", row.last_error
         time.sleep(POLL_S)
-    return "pending", f"the daemon did not deliver it within {wait_s:g} s (see `vllm-watchdog outbox list`)"
+    return "pending", (f"the daemon did not deliver it within {format_duration(wait_s)} (see `vllm-watchdog outbox "
+                       "list`)")
 
 
 def cmd_notify_test(args: argparse.Namespace) -> int:
@@ -185,8 +188,8 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser], js: argparse.A
     t.add_argument("--target", help="target named in the test (default: the first target)")
     t.add_argument("--severity", choices=["P0", "P1", "P2", "P3"], default="P3",
                    help="severity shown in the test (default P3)")
-    t.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
-                   help="how long to wait for a running daemon to deliver it (default 30)")
+    t.add_argument("--wait", type=duration_arg, default=30.0, metavar="DURATION",
+                   help="how long to wait for a running daemon to deliver it (e.g. 90s, 2m; default 30s)")
     t.set_defaults(func=cmd_notify_test)
     p = sub.add_parser("routes", parents=parents, help="test the routing tree")
     rs = p.add_subparsers(dest="routes_cmd", required=True, metavar="{test}")
