@@ -149,6 +149,24 @@ async def test_a_hang_right_after_a_restart_continues_the_ladder(tmp_path: Path)
     assert [e.incident.id for e in w.escalations()] == [again]
     rule = str(w.verdicts(again)[0]["ladder"])
     assert "recurred" in rule and "continues its ladder" in rule
+    # paged once, and the watchdog keeps healing: the last step restarts (paced by the back-off)
+    await heal_when_allowed(w)
+    assert w.restarts() == 2 and len(w.escalations()) == 1
+    assert w.store.incident(again).state == "resolved"  # type: ignore[union-attr]
+
+
+async def test_a_server_that_never_heals_is_paged_once_and_still_restarted(tmp_path: Path) -> None:
+    """Verification keeps failing (600 s each): the engine-dead ladder restarts twice, pages once, then keeps
+    restarting (its last step repeats) — the server is never left down, and there is no second page."""
+    w = World(tmp_path)
+    w.ready = False
+    inc = w.open("engine_dead")
+    while w.restarts() < 6:
+        await w.evaluate()
+        w.clock.advance(5)
+    assert [e.incident.id for e in w.escalations()] == [inc]
+    steps = [a.step for a in w.store.attempts(incident_id=inc)]
+    assert steps == [0, 1, 2, 3, 3, 3, 3]
 
 
 async def test_operator_stop_is_told_and_blocks_restarts_without_paging(tmp_path: Path) -> None:

@@ -293,8 +293,8 @@ class Remediator:
             return
         self.store.put(key, {"reason": v.reason.value, "at": now})
         current = self.store.incident(inc.id) or inc
-        if v.reason == Reason.LADDER_EXHAUSTED and current.escalated and current.severity == Severity.P0:
-            return  # the ladder's own escalate step already paged at P0: page once
+        if current.escalated and current.severity == Severity.P0:
+            return  # already paged at P0 (the ladder's escalate step, or an earlier verdict): page once
         if self.metrics and v.reason != Reason.PRECONDITION_FAILED:
             self.metrics.remediation_budget_exhausted.labels(inc.target).set(1)
         edge = self.incidents.escalate(inc, Severity.P0, f"{v.reason.value}: {v.detail}", now)

@@ -429,11 +429,6 @@ def cross_check(
                 problems.append(Problem(file, None, f"{where}.match.targets", f"no target named '{t}'",
                                         "known: " + ", ".join(sorted(targets))))
         for i, s in enumerate(p.steps):
-            if isinstance(s, EscalateStep) and i < len(p.steps) - 1:
-                problems.append(Problem(file, None, f"{where}.steps[{i + 1}]",
-                                        "this step can never run: 'escalate' before it stops the ladder",
-                                        "move 'escalate' to the end"))
-                break
             if s.repeat and i < len(p.steps) - 1:
                 problems.append(Problem(file, None, f"{where}.steps[{i}].repeat",
                                         "only the last step can repeat", "move it to the end"))
