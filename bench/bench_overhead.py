@@ -40,6 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,6 +165,85 @@ def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
         proc.wait(5)
 
 
+def start_bus(bus: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """A private dbus-daemon at `bus` and the fake systemd1 on it, both ready when this returns."""
+    dbus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile", f"--address={bus}",
+                             "--print-address=1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert dbus.stdout is not None
+    dbus.stdout.readline()  # printed once it listens
+    fake = subprocess.Popen([sys.executable, "-c", FAKE_SYSTEMD.format(tests=str(ROOT / "tests")), bus],
+                            stdout=subprocess.PIPE, env=env)
+    assert fake.stdout is not None
+    fake.stdout.readline()  # "ready": the unit object is exported
+    return dbus, fake
+
+
+def wait_ready(daemon: subprocess.Popen[bytes], base: str, work: Path) -> float | None:
+    """Seconds until every probe of the target passes under the daemon, or None (printed why)."""
+    t_start = time.monotonic()
+    while time.monotonic() - t_start < 60:
+        if daemon.poll() is not None:
+            print(f"the daemon exited with {daemon.returncode}; log:\n{(work / 'daemon.log').read_text()}")
+            return None
+        code, body = get(base + "/status")
+        if code == 200:
+            probes = json.loads(body)["targets"]["vllm"]["probes"]
+            if probes and all(v == "passing" for v in probes.values()):
+                return time.monotonic() - t_start
+        time.sleep(0.5)
+    print("the target never became ready under the watchdog")
+    return None
+
+
+@dataclass
+class Window:
+    """What one measurement window saw of the daemon process."""
+
+    cmd: list[str]
+    pid: int
+    c0: float
+    c1: float
+    w0: float
+    w1: float
+    rss: list[int]
+    hwm: int
+    scrapes: int
+    open_incidents: int
+    daemon_log: str
+
+
+def report(a: argparse.Namespace, w: Window) -> int:
+    """Print the table; 0 when every target was met."""
+    cmd, pid, c0, c1, w0, w1, rss, hwm = w.cmd, w.pid, w.c0, w.c1, w.w0, w.w1, w.rss, w.hwm
+    scrapes, open_incidents, daemon_log = w.scrapes, w.open_incidents, w.daemon_log
+    cpu_pct = (c1 - c0) / (w1 - w0) * 100.0
+    rss_mb = [k / 1024 for k in rss]
+    last_mb, max_mb, hwm_mb = rss_mb[-1], max(rss_mb), hwm / 1024
+    lines = daemon_log.count("\n")
+    print()
+    print(f"daemon: {' '.join(cmd)} run (pid {pid}); runtime {a.runtime}; window {w1 - w0:.1f} s after "
+          f"{a.warmup:.0f} s warm-up; own /metrics scraped {scrapes}x; open incidents at the end: "
+          f"{open_incidents}; log lines written: {lines}")
+    head = f"{'measure':40} {'value':>10}  target"
+    print(head)
+    print("-" * (len(head) + 20))
+    target = SYSTEMD_CPU_TARGET_PCT if a.runtime.startswith("systemd") else CPU_TARGET_PCT
+    cpu_ok = cpu_pct <= target
+    rss_ok = max_mb <= RSS_TARGET_MB
+    print(f"{'CPU (utime+stime / wall), % of a core':40} {cpu_pct:10.3f}  <= {target} %: "
+          f"{'PASS' if cpu_ok else 'MISS'}")
+    print(f"{'CPU seconds in the window':40} {c1 - c0:10.2f}")
+    print(f"{'RSS max over the window, MB':40} {max_mb:10.1f}  <= {RSS_TARGET_MB:.0f} MB: "
+          f"{'PASS' if rss_ok else 'MISS'}")
+    print(f"{'RSS at the end, MB':40} {last_mb:10.1f}")
+    print(f"{'RSS high-water mark (VmHWM), MB':40} {hwm_mb:10.1f}")
+    ok = cpu_ok and rss_ok and open_incidents == 0
+    if open_incidents != 0:
+        print("the target was not healthy throughout (open incidents): the idle measurement is not valid")
+    print("RESULT:", "every target met" if ok else "a target was MISSED")
+    return 0 if ok else 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=60.0, help="measurement window in seconds (default 60)")
@@ -192,37 +272,17 @@ def main() -> int:
     env.pop("NOTIFY_SOCKET", None)
     try:
         if a.runtime == "systemd":
-            dbus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile", f"--address={bus}",
-                                     "--print-address=1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            assert dbus.stdout is not None
-            dbus.stdout.readline()  # printed once it listens
-            fake = subprocess.Popen([sys.executable, "-c", FAKE_SYSTEMD.format(tests=str(ROOT / "tests")), bus],
-                                    stdout=subprocess.PIPE, env=env)
-            assert fake.stdout is not None
-            fake.stdout.readline()  # "ready": the unit object is exported
+            dbus, fake = start_bus(bus, env)
         if a.runtime != "process":
             emu = subprocess.Popen(emulator_argv(port, work / "fault.json"), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
         daemon = subprocess.Popen([*cmd, "run", "--config", str(work / "watchdog.yaml")], stdout=log,
                                   stderr=subprocess.STDOUT, env=env)
         base = f"http://127.0.0.1:{api_port}"
-        t_start = time.monotonic()
-        ready = False
-        while time.monotonic() - t_start < 60:
-            if daemon.poll() is not None:
-                print(f"the daemon exited with {daemon.returncode}; log:\n{(work / 'daemon.log').read_text()}")
-                return 1
-            code, body = get(base + "/status")
-            if code == 200:
-                probes = json.loads(body)["targets"]["vllm"]["probes"]
-                if probes and all(v == "passing" for v in probes.values()):
-                    ready = True
-                    break
-            time.sleep(0.5)
-        if not ready:
-            print("the target never became ready under the watchdog")
+        ready_s = wait_ready(daemon, base, work)
+        if ready_s is None:
             return 1
-        print(f"target ready after {time.monotonic() - t_start:.1f} s; warming up {a.warmup:.0f} s", flush=True)
+        print(f"target ready after {ready_s:.1f} s; warming up {a.warmup:.0f} s", flush=True)
         time.sleep(a.warmup)
         pid = daemon.pid
         rss: list[int] = []
@@ -251,32 +311,7 @@ def main() -> int:
         daemon_log = (work / "daemon.log").read_text(errors="replace")
         shutil.rmtree(work, ignore_errors=True)
 
-    cpu_pct = (c1 - c0) / (w1 - w0) * 100.0
-    rss_mb = [k / 1024 for k in rss]
-    last_mb, max_mb, hwm_mb = rss_mb[-1], max(rss_mb), hwm / 1024
-    lines = daemon_log.count("\n")
-    print()
-    print(f"daemon: {' '.join(cmd)} run (pid {pid}); runtime {a.runtime}; window {w1 - w0:.1f} s after "
-          f"{a.warmup:.0f} s warm-up; own /metrics scraped {scrapes}x; open incidents at the end: "
-          f"{open_incidents}; log lines written: {lines}")
-    head = f"{'measure':40} {'value':>10}  target"
-    print(head)
-    print("-" * (len(head) + 20))
-    target = SYSTEMD_CPU_TARGET_PCT if a.runtime.startswith("systemd") else CPU_TARGET_PCT
-    cpu_ok = cpu_pct <= target
-    rss_ok = max_mb <= RSS_TARGET_MB
-    print(f"{'CPU (utime+stime / wall), % of a core':40} {cpu_pct:10.3f}  <= {target} %: "
-          f"{'PASS' if cpu_ok else 'MISS'}")
-    print(f"{'CPU seconds in the window':40} {c1 - c0:10.2f}")
-    print(f"{'RSS max over the window, MB':40} {max_mb:10.1f}  <= {RSS_TARGET_MB:.0f} MB: "
-          f"{'PASS' if rss_ok else 'MISS'}")
-    print(f"{'RSS at the end, MB':40} {last_mb:10.1f}")
-    print(f"{'RSS high-water mark (VmHWM), MB':40} {hwm_mb:10.1f}")
-    ok = cpu_ok and rss_ok and open_incidents == 0
-    if open_incidents != 0:
-        print("the target was not healthy throughout (open incidents): the idle measurement is not valid")
-    print("RESULT:", "every target met" if ok else "a target was MISSED")
-    return 0 if ok else 1
+    return report(a, Window(cmd, pid, c0, c1, w0, w1, rss, hwm, scrapes, open_incidents, daemon_log))
 
 
 if __name__ == "__main__":

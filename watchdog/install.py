@@ -173,6 +173,50 @@ def _write(dest: Path, text: str, mode: int, *, exclusive: bool) -> Callable[[],
     return action
 
 
+def _config_steps(opts: InstallOptions, cfg: Path, env_example: Path) -> list[Step]:
+    """The config (from the example, never overwritten), the env example and the env file (0640, root:user)."""
+    steps: list[Step] = []
+    cfg_dest = cfg / "watchdog.yaml"
+    example = opts.config_example
+    if cfg_dest.exists():
+        steps.append(Step(f"keep config {cfg_dest}", None, None, "exists, never overwritten"))
+    elif example is None or not example.is_file():
+        steps.append(Step(f"install config {cfg_dest}", None, None, "no example config found"))
+        opts.notes.append(f"write {opts.config_dir}/watchdog.yaml yourself (see examples/), then run "
+                          f"`vllm-watchdog check --config {opts.config_dir}/watchdog.yaml`")  # fmt: skip
+    else:
+        steps.append(
+            Step(
+                f"install config {cfg_dest} from {example}",
+                ["install", "-m", "0644", str(example), str(cfg_dest)],
+                _write(cfg_dest, example.read_text(), 0o644, exclusive=True),
+            )
+        )
+
+    env_text = env_example.read_text()
+    env_ex_dest = cfg / "watchdog.env.example"
+    steps.append(
+        Step(
+            f"install env example {env_ex_dest}",
+            ["install", "-m", "0644", str(env_example), str(env_ex_dest)],
+            _write(env_ex_dest, env_text, 0o644, exclusive=False),
+        )
+    )
+    env_dest = cfg / "watchdog.env"
+    steps.append(
+        Step(
+            f"create env file {env_dest} (secrets go here; mode 0640)",
+            ["install", "-m", "0640", str(env_example), str(env_dest)],
+            _write(env_dest, env_text, 0o640, exclusive=True),
+            "exists, never overwritten" if env_dest.exists() else None,
+        )
+    )
+    chown_cmd = ["chown", f"root:{opts.user}", str(env_dest)]
+    steps.append(Step(f"let group {opts.user} read {env_dest}", chown_cmd, _run(chown_cmd),
+                      "--skip-system" if opts.skip_system else None))
+    return steps
+
+
 def plan_systemd(opts: InstallOptions) -> list[Step]:
     """Every step of `install systemd`, in order, with skips decided from the current state of the host."""
     src = opts.source_dir
@@ -232,44 +276,7 @@ def plan_systemd(opts: InstallOptions) -> list[Step]:
         )
     )
 
-    cfg_dest = cfg / "watchdog.yaml"
-    example = opts.config_example
-    if cfg_dest.exists():
-        steps.append(Step(f"keep config {cfg_dest}", None, None, "exists, never overwritten"))
-    elif example is None or not example.is_file():
-        steps.append(Step(f"install config {cfg_dest}", None, None, "no example config found"))
-        opts.notes.append(f"write {opts.config_dir}/watchdog.yaml yourself (see examples/), then run "
-                          f"`vllm-watchdog check --config {opts.config_dir}/watchdog.yaml`")  # fmt: skip
-    else:
-        steps.append(
-            Step(
-                f"install config {cfg_dest} from {example}",
-                ["install", "-m", "0644", str(example), str(cfg_dest)],
-                _write(cfg_dest, example.read_text(), 0o644, exclusive=True),
-            )
-        )
-
-    env_text = env_example.read_text()
-    env_ex_dest = cfg / "watchdog.env.example"
-    steps.append(
-        Step(
-            f"install env example {env_ex_dest}",
-            ["install", "-m", "0644", str(env_example), str(env_ex_dest)],
-            _write(env_ex_dest, env_text, 0o644, exclusive=False),
-        )
-    )
-    env_dest = cfg / "watchdog.env"
-    steps.append(
-        Step(
-            f"create env file {env_dest} (secrets go here; mode 0640)",
-            ["install", "-m", "0640", str(env_example), str(env_dest)],
-            _write(env_dest, env_text, 0o640, exclusive=True),
-            "exists, never overwritten" if env_dest.exists() else None,
-        )
-    )
-    chown_cmd = ["chown", f"root:{opts.user}", str(env_dest)]
-    steps.append(Step(f"let group {opts.user} read {env_dest}", chown_cmd, _run(chown_cmd), system_skip))
-
+    steps += _config_steps(opts, cfg, env_example)
     docs = src / "docs" / "deploy.md" if src is not None else None
     if docs is not None and docs.is_file():
         docs_dest = prefix / "docs" / "deploy.md"
