@@ -4,7 +4,8 @@ notify.
 Durable first, then group: `submit` commits the edge to the store's `edges` table before anything else
 happens to it (claiming the row the store's trigger recorded with the incident event, so even a SIGKILL
 before `submit` loses nothing); grouping and routing then work on stored edges, and an edge leaves the
-table in the same transaction that writes its outbox rows. In memory there is only a cache of stored,
+table in the same transaction that writes its outbox rows (an edge that does not wait for a group is
+stored and routed in one transaction: the commit that makes it durable is the one that queues it). In memory there is only a cache of stored,
 unrouted edges (group timers, edges held behind an opening that is still grouping) and the edges whose
 write failed, kept in order and retried with back-off. On start, and after a failed routing write, the
 cache is rebuilt from the stored rows and every unrouted edge is routed at once. Each edge keeps the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -110,6 +112,16 @@ class NotifyPipeline:
 
     def _store_edge(self, item: tuple[IncidentEdge, frozenset[str] | None]) -> None:
         edge, only = item
+        if not self.stalled and not self._waits(edge, only) and edge.incident.id not in self._held:
+            # routed at once: store and route are one transaction (the trigger's row, if any, goes with it)
+            with self.store.tx():
+                taken = self.store.take_new_edge(incident_id=edge.incident.id, event=edge.event.value)
+                row_id, nid = taken if taken is not None else (0, uuid.uuid4().hex)
+                self._emit(StoredEdge(row_id, nid, edge, only), ())
+                if taken is not None:
+                    self.store.delete_edges([row_id])
+            self.on_enqueued()
+            return
         row_id, nid = self.store.record_edge(
             incident_id=edge.incident.id, event=edge.event.value, incident=incident_doc(edge.incident),
             detail=dict(edge.detail), only_receivers=sorted(only) if only is not None else None,
@@ -119,9 +131,13 @@ class NotifyPipeline:
             self._accept(StoredEdge(row_id, nid, edge, only))
 
     # ------------------------------------------------------------------ group
+    def _waits(self, edge: IncidentEdge, only: frozenset[str] | None) -> bool:
+        """Does this edge wait for its group (an opening or resolve, group_wait on, not a targeted re-send)?"""
+        return edge.event in self.GROUPED_EVENTS and self.group_wait_s > 0 and only is None
+
     def _accept(self, se: StoredEdge) -> None:
         edge = se.edge
-        if edge.event in self.GROUPED_EVENTS and self.group_wait_s > 0 and se.only is None:
+        if self._waits(edge, se.only):
             key = (edge.incident.target, edge.event.value)
             g = self._groups.get(key)
             if g is None:
@@ -240,7 +256,7 @@ class NotifyPipeline:
     def _accept_now(self, se: StoredEdge) -> None:
         """Inside `_reload`'s transaction: group, hold or route one stored edge."""
         edge = se.edge
-        if edge.event in self.GROUPED_EVENTS and self.group_wait_s > 0 and se.only is None:
+        if self._waits(edge, se.only):
             self._groups.setdefault((edge.incident.target, edge.event.value), _Group()).edges.append(se)
             if edge.event == EventKind.OPENED:
                 self._held.setdefault(edge.incident.id, [])

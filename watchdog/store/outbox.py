@@ -192,6 +192,15 @@ class OutboxRecords(StoreBase):
             nid = self.db.execute("SELECT notification_id FROM edges WHERE id=?", (edge_id,)).fetchone()[0]
             return edge_id, str(nid)
 
+    def take_new_edge(self, *, incident_id: int, event: str) -> tuple[int, str] | None:
+        """Inside the transaction that routes an edge at once: the row the trigger recorded for it (id,
+        notification id), to be deleted with the routing; None when there is none."""
+        r = self.db.execute(
+            "SELECT id, notification_id FROM edges WHERE incident_id=? AND event=? AND state='new' ORDER BY id LIMIT 1",
+            (incident_id, event),
+        ).fetchone()
+        return (int(r["id"]), str(r["notification_id"])) if r is not None else None
+
     def unrouted_edges(self) -> list[EdgeRow]:
         """Every stored edge not routed yet, oldest first ('new' and 'pending')."""
         rows = self.db.execute("SELECT * FROM edges WHERE state IN ('new','pending') ORDER BY id").fetchall()
