@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli.conftest import EXE, ROOT, Hook, World, base_doc, run_cli, run_exe
-from watchdog import cli, demo
+from watchdog import cli, cli_read, demo
 from watchdog.cli_common import parse_duration, url_host
 from watchdog.model import Severity
 from watchdog.store import Store
@@ -189,3 +189,17 @@ def test_default_config_env(world: World) -> None:
     """VLLM_WATCHDOG_CONFIG names the config when no -c is given."""
     r = run_exe("silence", "list", "--json", env={"VLLM_WATCHDOG_CONFIG": str(world.config)})
     assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
+
+
+def test_status_degraded_loop_exit_1(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon whose loop is healthy but whose state store is degraded (healthz) makes status exit 1."""
+    answers = {"/status": {"healthy": True, "reason": "ok", "targets": {}, "open_incidents": []},
+               "/healthz": {"healthy": True, "status": "degraded", "reason": "state database unwritable"}}
+    monkeypatch.setattr(cli_read, "fetch_json", lambda loc, path, timeout_s=2.0: answers[path])
+    monkeypatch.setattr(cli_read.Located, "daemon_pid", lambda self: 4242)
+    code, doc = cli_read.status_doc(cli_read.locate(str(world.config)))
+    assert (code, doc["status"], doc["healthy"]) == (1, "degraded", False)
+    assert "state database unwritable" in doc["reason"]
+    answers["/status"]["healthy"] = False
+    code, doc = cli_read.status_doc(cli_read.locate(str(world.config)))
+    assert (code, doc["status"]) == (1, "unhealthy")

@@ -264,3 +264,21 @@ async def test_doctor_against_a_running_daemon(harness: Harness, capsys: pytest.
     h.key_file.write_text("wrong-key\n")
     rc, out, _ = await arun_cli(capsys, "doctor", "-c", cfg)
     assert rc == 1 and "fail  target vllm readiness: the API key was rejected" in out, out
+
+
+async def test_status_over_ipv6(harness: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    """`http.listen: "::1"`: the daemon serves on IPv6 loopback and `status` reaches it (bracketed URL)."""
+    h = harness
+    orig = h.config
+
+    def v6(**kw: Any) -> dict[str, Any]:
+        doc = orig(**kw)
+        doc["http"]["listen"] = "::1"
+        return doc
+
+    h.config = v6  # type: ignore[method-assign]
+    await h.start()
+    await wait_for(h.ready, timeout=30, what="ready")
+    rc, out, err = await arun_cli(capsys, "status", "--json", "-c", str(h.config_path))
+    doc = jdoc(out)
+    assert rc == 0 and doc["source"] == "daemon" and doc["healthy"] is True, (out, err)
