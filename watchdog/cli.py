@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         print(f"vllm-watchdog {args.cmd}: {e}", file=sys.stderr)
         return e.code
+    except sqlite3.Error as e:  # e.g. locked past the busy timeout by the running daemon: say so, no traceback
+        print(f"vllm-watchdog {args.cmd}: state database: {e} (try again)", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except KeyboardInterrupt:
