@@ -9,6 +9,7 @@ import asyncio
 import json
 import stat
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import pytest
 
 from watchdog.adapters.systemd import CommandResult, SystemdRuntime, SystemdRuntimeSettings
 from watchdog.clock import FakeClock
+from watchdog.daemon import Daemon
+from watchdog.loading import load_all
 from watchdog.model import RunState, RuntimeEvent
 
 from .conftest import until
@@ -72,10 +75,9 @@ async def collect(rt: SystemdRuntime, got: list[RuntimeEvent]) -> None:
         got.append(ev)
 
 
-async def replay(fake: FakeSystemd, steps: list[tuple[str, dict[str, Any]]]) -> None:
-    for which, props in steps:
+def replay(fake: FakeSystemd, steps: list[tuple[str, dict[str, Any]]]) -> None:
+    for which, props in steps:  # one PropertiesChanged message each, as systemd sends them
         fake.set(which, **props)
-        await asyncio.sleep(0.02)  # separate messages on the bus, as systemd sends them
 
 
 async def test_state_and_events_are_pushed(fake_bus: tuple[str, FakeSystemd]) -> None:
@@ -90,16 +92,22 @@ async def test_state_and_events_are_pushed(fake_bus: tuple[str, FakeSystemd]) ->
     got: list[RuntimeEvent] = []
     task = asyncio.create_task(collect(rt, got))
     try:
-        await asyncio.sleep(0.1)
-        await replay(fake, CRASH_AND_RESTART)
+        await until(lambda: rt._watch is not None and rt._watch.waiting)  # events() has its baseline
+        replay(fake, CRASH_AND_RESTART)
         await until(lambda: len(got) >= 3)
         assert (await rt.state()).pid == 5001
-        await replay(fake, OOM_KILL)
+        replay(fake, OOM_KILL)
         await until(lambda: len(got) >= 5)
-        await replay(fake, [("Service", {"Result": "success", "MainPID": 6001, "ExecMainCode": 0,
+        replay(fake, [("Service", {"Result": "success", "MainPID": 6001, "ExecMainCode": 0,
                                          "ExecMainStatus": 0}),
                             ("Unit", {"ActiveState": "active", "SubState": "running"}), *CLEAN_STOP])
         await until(lambda: len(got) >= 7)
+        watch = rt._watch
+        assert watch is not None
+        t0 = time.monotonic()
+        assert await watch.next_change(0.3) is None
+        assert time.monotonic() - t0 >= 0.25  # it waited: handled signals must not turn waits into a spin
+        assert (watch.refreshes, watch.signals, watch.dropped) == (1, 13, 0)
     finally:
         await rt.close()
         await asyncio.wait_for(task, 5)
@@ -215,3 +223,51 @@ async def test_journal_is_one_followed_stream(tmp_path: Path, fake_bus: tuple[st
                         "--lines=50"]
     assert argvs[1][-1] == "--after-cursor=s=5a1b;i=104;b=7c;m=4;t=5f3;x=ad"
     assert not rt.journal.running
+
+
+async def test_daemon_opens_an_incident_from_a_signal(tmp_path: Path, fake_bus: tuple[str, FakeSystemd]) -> None:
+    """The whole daemon with a systemd target on the private bus: its runtime subscribes, and a pushed
+    ActiveState=failed reaches the target's watcher as a die event with the exit status, without a single
+    systemctl call (dry run: nothing acts)."""
+    addr, fake = fake_bus
+    show_calls = tmp_path / "systemctl.calls"
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f"#!{sys.executable}\nimport sys\n"
+                         f"open({str(show_calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n")
+    systemctl.chmod(0o755)
+    journalctl = tmp_path / "journalctl"
+    journalctl.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(3600)\n")
+    journalctl.chmod(0o755)
+    cfg_path = tmp_path / "watchdog.yaml"
+    cfg_path.write_text(json.dumps({
+        "state_dir": str(tmp_path / "state"), "http": {"enabled": False},
+        "host": {"memory": {"enabled": False}, "gpu": {"enabled": False}, "disk": {"enabled": False}},
+        "remediation": {"dry_run": True},
+        "targets": [{"name": "vllm", "base_url": "http://127.0.0.1:9", "model": "m",
+                     "probes": {"liveness": {"enabled": False}, "readiness": {"enabled": False},
+                                "canary": {"enabled": False}, "metrics": {"enabled": False}},
+                     "runtime": {"type": "systemd", "unit": "vllm", "bus_address": addr,
+                                 "systemctl": str(systemctl), "journalctl": str(journalctl)}}],
+    }))
+    cfg, ps = load_all(str(cfg_path))
+    d = Daemon(cfg, ps, config_path=cfg_path)
+    await d.start()
+    try:
+        tw = d.targets["vllm"]
+        rt = tw.runtime
+        seen: list[tuple[str, int | None]] = []
+        handle = tw.on_runtime_event
+
+        async def record(ev: RuntimeEvent) -> None:
+            seen.append((ev.kind, ev.exit_code))
+            await handle(ev)
+
+        tw.on_runtime_event = record
+        await until(lambda: fake.manager.subscribed >= 1 and rt._watch is not None and rt._watch.waiting)
+        fake.set("Service", MainPID=0, ExecMainCode=1, ExecMainStatus=1, Result="exit-code")
+        fake.set("Unit", ActiveState="failed", SubState="failed")
+        await until(lambda: seen == [("die", 1)], why=lambda: str(seen))
+        assert (await rt.state()).state is RunState.EXITED
+        assert rt.bus_error is None and not show_calls.exists(), show_calls.read_text()
+    finally:
+        await d.stop()

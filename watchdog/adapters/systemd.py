@@ -221,6 +221,7 @@ class SystemdRuntime:
         self._closed = False
         self._watch: UnitWatch | None = None
         self._bus_tried_at = float("-inf")
+        self._bus_lock = asyncio.Lock()
         self.bus_error: str | None = None  # why the pushed path is not in use (None while it is)
         self.journal = JournalFollower(self.journalctl_argv, restart_min_s=BUS_RETRY_S / 6)
 
@@ -257,7 +258,14 @@ class SystemdRuntime:
     # ------------------------------------------------------------------ observe
 
     async def _bus(self) -> UnitWatch | None:
-        """The connected unit watch, or None (a new attempt at most every BUS_RETRY_S)."""
+        """The connected unit watch, or None (a new attempt at most every BUS_RETRY_S). Concurrent callers
+        wait for an attempt in progress instead of falling back to systemctl meanwhile."""
+        if self._watch is not None and self._watch.connected:
+            return self._watch
+        async with self._bus_lock:
+            return await self._connect_bus()
+
+    async def _connect_bus(self) -> UnitWatch | None:
         if self._watch is not None and self._watch.connected:
             return self._watch
         if self._closed or self._clock.monotonic() - self._bus_tried_at < BUS_RETRY_S:

@@ -62,10 +62,13 @@ class UnitWatch:
         self.path: str | None = None
         self.signals = 0  # PropertiesChanged signals applied (bench/tests)
         self.dropped = 0  # snapshots dropped because nobody read them
+        self.waiting = 0  # consumers blocked in next_change() right now
+        self.refreshes = 0  # GetAll rounds (one at connect; then only after RESYNC without a signal)
         self._bus: MessageBus | None = None
         self._props: dict[str, str] = {}
         self._queue: deque[dict[str, str]] = deque()
         self._wake = asyncio.Event()
+        self._gone: asyncio.Future[Any] | None = None
 
     @property
     def connected(self) -> bool:
@@ -115,6 +118,7 @@ class UnitWatch:
 
     async def refresh(self) -> dict[str, str]:
         """Read every wanted property (`GetAll`), e.g. after a signal that only invalidated some."""
+        self.refreshes += 1
         for iface, names in WANTED.items():
             [values] = await self._call(Message(destination=SYSTEMD, path=self.path or "/", interface=PROPS_IFACE,
                                                 member="GetAll", signature="s", body=[iface]))
@@ -142,29 +146,43 @@ class UnitWatch:
         """The next pushed snapshot, or None after `timeout_s` without one (or when the bus went away)."""
         if not self._queue and self.connected:
             self._wake.clear()  # no await since the queue was seen empty: a signal cannot be missed
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await self._wait()
+            self.waiting += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout_s):
+                        await self._wait()
+            finally:
+                self.waiting -= 1
         return self._queue.popleft() if self._queue else None
 
     async def _wait(self) -> None:
-        """Until a signal arrives or the bus disconnects."""
+        """Until a signal arrives or the bus disconnects. The disconnect waiter is made once per connection
+        and never cancelled here: cancelling it would cancel the bus's own disconnect future (it is awaited
+        inside), and every later wait would then return at once."""
         assert self._bus is not None
+        if self._gone is None:
+            self._gone = asyncio.ensure_future(self._bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+            self._gone.add_done_callback(_retrieve)
         waiter = asyncio.ensure_future(self._wake.wait())
-        gone = asyncio.ensure_future(self._bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, self._gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for f in (waiter, gone):
-                f.cancel()
-            if gone.done() and not gone.cancelled():
-                gone.exception()  # retrieved: a disconnect with an error is not an unhandled exception
+            waiter.cancel()
 
     async def close(self) -> None:
+        gone, self._gone = self._gone, None
         bus, self._bus = self._bus, None
         if bus is not None:
             with contextlib.suppress(Exception):
                 bus.disconnect()  # closes the socket; the bus's own reader ends with it
+        if gone is not None and not gone.done():
+            gone.cancel()
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    """A disconnect with an error (or a cancelled waiter) is not an 'exception never retrieved'."""
+    if not f.cancelled():
+        f.exception()
 
 
 __all__ = ["WANTED", "BusUnavailable", "UnitWatch", "show_value"]
