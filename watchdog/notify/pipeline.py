@@ -4,12 +4,13 @@ notify.
 Durable first, then group: `submit` commits the edge to the store's `edges` table before anything else
 happens to it (claiming the row the store's trigger recorded with the incident event, so even a SIGKILL
 before `submit` loses nothing); grouping and routing then work on stored edges, and an edge leaves the
-table in the same transaction that writes its outbox rows (an edge that does not wait for a group is
-stored and routed in one transaction: the commit that makes it durable is the one that queues it). In memory there is only a cache of stored,
-unrouted edges (group timers, edges held behind an opening that is still grouping) and the edges whose
-write failed, kept in order and retried with back-off. On start, and after a failed routing write, the
-cache is rebuilt from the stored rows and every unrouted edge is routed at once. Each edge keeps the
-notification id it was given when stored, so a re-send after a crash has the same `webhook-id`.
+table in the same transaction that writes its outbox rows. An edge that does not wait for a group is
+stored and routed in one transaction: the commit that makes it durable is the one that queues it. In
+memory there is only a cache of stored, unrouted edges (group timers, edges held behind an opening that
+is still grouping) and the edges whose write failed, kept in order and retried with back-off. On start,
+and after a failed routing write, the cache is rebuilt from the stored rows and every unrouted edge is
+routed at once. Each edge keeps the notification id it was given when stored, so a re-send after a crash
+has the same `webhook-id`.
 
 Like Alertmanager's pipeline, it is a chain of small stages; resolved notices go to every receiver that
 got the opening, even if the incident was silenced in between. This module must never put a secret
