@@ -24,6 +24,7 @@ from watchdog.clock import Clock
 from watchdog.config.models import TargetConfig
 from watchdog.detectors.health import HealthDetector
 from watchdog.detectors.logs import LogCatalog, LogDetector
+from watchdog.detectors.stall import StallDetector
 from watchdog.metrics import WatchdogMetrics
 from watchdog.model import Finding, ProbeResult, ProbeState, RuntimeEvent, RuntimeState, Status
 from watchdog.probes.http import CanaryProbe, LivenessProbe, ReadinessProbe
@@ -34,8 +35,12 @@ from watchdog.scheduler import Scheduling
 
 log = structlog.get_logger("watchdog.watch")
 
-EXIT_KINDS = ("die", "exit", "oom")
-OWN_KINDS = ("die", "exit", "kill", "stop")
+EXIT_KINDS = ("die", "exit")
+START_KINDS = ("start", "restart")
+STOP_SIGNALS = ("15", "SIGTERM", "2", "SIGINT", "3", "SIGQUIT")
+STOP_ASKED_WINDOW_S = 120.0  # docker stop -t N: the die follows its SIGTERM within N s (then SIGKILL)
+STOP_SETTLE_S = 3.0  # docker reports "stop" right after the "die" of a docker stop
+RUNTIME_POLICY_GRACE_S = 30.0  # a runtime that restarts the server itself gets this long before we act
 LOG_READ_TIMEOUT_S = 15.0
 RUNTIME_STATE_PERIOD_S = 5.0
 
@@ -46,7 +51,7 @@ class WatchHost(Protocol):
     metrics: WatchdogMetrics
 
     def apply_findings(self, findings: list[Finding]) -> None: ...
-    def ready_again(self, target: str) -> None: ...
+    def ready_again(self, target: str, keep: frozenset[str]) -> None: ...
     def kick(self, target: str) -> None: ...
     def busy(self, target: str) -> bool: ...
     def acting(self, target: str) -> bool: ...
@@ -84,11 +89,20 @@ class TargetWatch:
     ready_since: float | None = None
     runtime_state: RuntimeState | None = None  # last seen by runtime_job (shown on the status page)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stop_asked_at: float | None = None  # an unrequested SIGTERM was seen (docker stop sends one first)
+    _pending_exit: RuntimeEvent | None = None  # an exit that may still turn out to be an operator stop
     on_probe_failure: Callable[[str, ProbeResult], None] | None = None
 
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    def follow_progress(self) -> None:
+        """Feed the health detector the engine's progress from this target's stall detector (metrics)."""
+        for ex in self.extras:
+            for d in ex.detectors:
+                if isinstance(d, StallDetector):
+                    self.health.progress = d.progress
 
     def schedule(self, scheduler: Scheduling, stopping: asyncio.Event) -> None:
         """Register this target's jobs (probes, logs, runtime state) and start following its runtime events."""
@@ -137,7 +151,7 @@ class TargetWatch:
                 m.target_up.labels(self.name).set(1 if tr.after == ProbeState.PASSING else 0)
                 self.ready_since = now_m if tr.after == ProbeState.PASSING else None
             if up.ready_again and not self.host.busy(self.name):
-                self.host.ready_again(self.name)
+                self.host.ready_again(self.name, up.keep)
         return result
 
     async def _check(self, name: str, timeout_s: float) -> ProbeResult | None:
@@ -203,7 +217,9 @@ class TargetWatch:
                 async with asyncio.timeout(30):
                     st = await self.runtime.state()
                 self.runtime_state = st
-                self.host.apply_findings(self.health.on_runtime_state(st, self.clock.monotonic()))
+                self.health.runtime_restart_grace_s = RUNTIME_POLICY_GRACE_S if st.restarts_itself else None
+                self.host.apply_findings(self.health.on_runtime_state(st, self.clock.monotonic(),
+                                                                      caused_by_watchdog=self.host.acting(self.name)))
                 self.soak_known_good()
             except Exception as e:
                 log.debug("runtime state failed", target=self.name, error=e.__class__.__name__)
@@ -237,16 +253,60 @@ class TargetWatch:
                 log.exception("runtime event handling failed", target=self.name)
 
     async def on_runtime_event(self, ev: RuntimeEvent) -> None:
+        """A pushed runtime event. The watchdog's own stop/start is not a crash; a stop someone else asked
+        for (`docker stop`, `systemctl stop`, compose down) is an operator stop, never undone; a start
+        someone else made (a restart policy, `docker start`) re-arms the startup grace instead of acting."""
         log.info("runtime event", target=self.name, runtime_event=ev.kind, exit_code=ev.exit_code)
-        if ev.kind in OWN_KINDS and (ev.attributes.get("requested") == "true" or self.host.acting(self.name)):
-            return  # our own restart/stop: not a crash
-        if ev.kind in EXIT_KINDS:
-            await self.read_logs_quietly()  # the cause (CUDA OOM, engine death…) picks the ladder
-            self._mark_gone()
-        elif ev.kind == "start":
-            return
+        now = self.clock.monotonic()
+        if ev.attributes.get("requested") == "true" or self.host.acting(self.name):
+            return  # our own restart/stop (on_restarted re-arms the probes)
+        if ev.kind == "kill" and ev.attributes.get("signal") in STOP_SIGNALS:
+            self._stop_asked_at = now  # someone asked the server to stop: a die that follows may be a stop
+        elif ev.kind == "stop":
+            self._operator_stop(f"{self._kind()} stop")
+        elif ev.kind in EXIT_KINDS:
+            if self._stop_asked_at is not None and now - self._stop_asked_at <= STOP_ASKED_WINDOW_S:
+                self._pending_exit = ev  # wait for the runtime's "stop" before calling it a crash
+                self.tasks.append(asyncio.create_task(self._exit_unless_stopped(ev), name=f"exit:{self.name}"))
+            else:
+                await self._exited(ev)
+        elif ev.kind in START_KINDS:
+            self._external_start()
+        else:
+            self.host.apply_findings(self.health.on_runtime_event(ev, now))
+            self.host.kick(self.name)
+
+    def _kind(self) -> str:
+        return self.runtime.kind if self.runtime is not None else "runtime"
+
+    async def _exited(self, ev: RuntimeEvent) -> None:
+        """The server exited without the watchdog or an operator: read its last lines (the cause picks the
+        ladder), count it, and look at the target now."""
+        await self.read_logs_quietly()
+        self._mark_gone()
         self.host.apply_findings(self.health.on_runtime_event(ev, self.clock.monotonic()))
         self.host.kick(self.name)
+
+    async def _exit_unless_stopped(self, ev: RuntimeEvent) -> None:
+        await self.clock.sleep(STOP_SETTLE_S)
+        if self._pending_exit is ev:
+            self._pending_exit = None
+            await self._exited(ev)  # a SIGTERM from someone, but no "stop": it died, heal it
+
+    def _operator_stop(self, how: str) -> None:
+        self._pending_exit = None
+        self._stop_asked_at = None
+        self._mark_gone()
+        log.warning("operator stop: the watchdog will not restart the target", target=self.name, how=how)
+        self.host.apply_findings(self.health.on_operator_stop(how, self.clock.monotonic()))
+
+    def _external_start(self) -> None:
+        """Started by its runtime's restart policy or by a person: probes start over in their grace."""
+        now = self.clock.monotonic()
+        self._pending_exit = None
+        self._stop_asked_at = None
+        self._arm(now)
+        self.host.apply_findings(self.health.on_external_start(now))
 
     def _mark_gone(self) -> None:
         """The process is gone: no need to confirm probe failures."""
@@ -257,8 +317,13 @@ class TargetWatch:
         self.host.metrics.target_up.labels(self.name).set(0)
 
     def on_restarted(self) -> None:
-        """The server was (re)started by us: probes are back in their startup grace."""
+        """The server was (re)started by us: probes are back in their startup grace, and a restart count
+        that rises now is ours, not a crash."""
         now = self.clock.monotonic()
+        self._arm(now)
+        self.health.note_own_restart(now)
+
+    def _arm(self, now: float) -> None:
         for tr in self.trackers.values():
             tr.arm_startup(now)
         self.ready_since = None
