@@ -327,4 +327,5 @@ class NotifyPipeline:
             if g.handle is not None:
                 g.handle.cancel()
         self.unstored.cancel()
+        self.unrouted.items.clear()  # those edges are stored: the next start routes them
         self.unrouted.cancel()

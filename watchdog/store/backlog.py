@@ -106,6 +106,10 @@ class Backlog(Generic[T]):
         self.flush()
 
     def cancel(self) -> None:
+        """Stop retrying (shutdown); what is still waiting is said at error level, never dropped silently."""
+        if self.items:
+            log.error("writes never stored (the state database stayed unwritable)", backlog=self.name,
+                      items=len(self.items))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
