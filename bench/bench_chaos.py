@@ -6,7 +6,8 @@ Run:  .venv/bin/python bench/bench_chaos.py [--kills 100] [--seed N] [--window 2
 Each cycle starts the daemon (process runtime spawning `python -m watchdog.emulator`), makes the emulator
 exit once (service_down → restart → resolved) and SIGKILLs the daemon a uniformly random 0…window s later;
 a last daemon then runs until every incident is resolved and delivered. Lost = a stored incident whose
-opening, or (if resolved) whose resolve, never reached the local webhook receiver. Target: 0 lost.
+opening, or (if resolved) whose resolve, or one of its stored remediation outcomes (succeeded/failed),
+never reached the local webhook receiver. Target: 0 lost.
 Also reported: deliveries that repeated an id already received (at-least-once re-sends after a kill).
 The cycle logic is tests/chaos/kill_cycles.py (the same code the chaos test runs). Exits 1 if any is
 lost. Network: 127.0.0.1 only.
@@ -50,6 +51,8 @@ async def run(a: argparse.Namespace) -> int:
     print(f"deliveries: {r.deliveries}, of which re-sends of an id already received: {r.resent_same_id}")
     print(f"lost openings: {len(r.opens_lost)} {r.opens_lost}")
     print(f"lost resolves: {len(r.resolves_lost)} {r.resolves_lost}")
+    print(f"remediation outcomes stored: {r.remediations}; incidents missing an outcome notice: "
+          f"{len(r.remediations_lost)} {r.remediations_lost}")
     verdict = "PASS" if r.lost == 0 else "MISS"
     print(f"lost notifications: {r.lost} (target 0) {verdict}")
     return 0 if r.lost == 0 else 1

@@ -1,6 +1,6 @@
 """SIGKILL the real daemon at random instants across fault/heal cycles, then check that every stored
-incident's opening (and resolve, if resolved) reached a real local webhook receiver. Shared by
-tests/chaos/test_sigkill.py (a few kills) and bench/bench_chaos.py (100 kills).
+incident's opening (and resolve, if resolved) and each stored remediation outcome reached a real local
+webhook receiver. Shared by tests/chaos/test_sigkill.py (a few kills) and bench/bench_chaos.py (100 kills).
 
 Each cycle: start `python -m watchdog run` (process runtime spawning `python -m watchdog.emulator`), wait
 until the emulator answers and the daemon serves HTTP, make the emulator exit once (`exit` fault, so the
@@ -58,6 +58,8 @@ class KillReport:
     resolved: int = 0
     opens_lost: list[int] = field(default_factory=list)
     resolves_lost: list[int] = field(default_factory=list)
+    remediations: int = 0  # remediation outcomes stored as incident events (succeeded/failed/error)
+    remediations_lost: list[int] = field(default_factory=list)  # incidents with fewer outcome notices
     deliveries: int = 0
     resent_same_id: int = 0  # deliveries that repeated an id already received (at-least-once re-sends)
     kill_after_s: list[float] = field(default_factory=list)
@@ -65,7 +67,7 @@ class KillReport:
 
     @property
     def lost(self) -> int:
-        return len(self.opens_lost) + len(self.resolves_lost)
+        return len(self.opens_lost) + len(self.resolves_lost) + len(self.remediations_lost)
 
 
 def config(tmp: Path, port: int, url_env: str) -> dict[str, Any]:
@@ -84,6 +86,17 @@ def config(tmp: Path, port: int, url_env: str) -> dict[str, Any]:
                    "repeat_interval_s": 86400,
                    "receivers": [{"name": "hook", "type": "webhook", "url_env": url_env}]},
     }
+
+
+def outcomes(db: Path) -> dict[int, int]:
+    """Remediation outcomes stored per incident (the incident events the notifications are made from)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
+    try:
+        rows = con.execute("SELECT incident_id, COUNT(*) FROM incident_events WHERE event IN"
+                           " ('remediation_succeeded','remediation_failed','remediation_error') GROUP BY incident_id")
+        return {int(r[0]): int(r[1]) for r in rows}
+    finally:
+        con.close()
 
 
 def stored(db: Path) -> tuple[list[tuple[int, str]], int, int]:
@@ -176,6 +189,12 @@ class KillCycles:
                 r.opens_lost.append(iid)
             if state == "resolved" and "resolved" not in events:
                 r.resolves_lost.append(iid)
+        for iid, n in outcomes(self.db).items():
+            r.remediations += n
+            told = {str(it.get("id")) for it in self.receiver.items if it.get("incident_id") == iid
+                    and it.get("event") in ("remediation_succeeded", "remediation_failed")}
+            if len(told) < n:
+                r.remediations_lost.append(iid)
         ids = [str(it.get("id")) for it in self.receiver.items]
         r.deliveries, r.resent_same_id = len(ids), len(ids) - len(set(ids))
         return r

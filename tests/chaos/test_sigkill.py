@@ -1,6 +1,6 @@
 """SIGKILL of the real daemon at random instants across fault/heal cycles loses no notification: every
-stored incident's opening, and its resolve when resolved, reaches a real local webhook receiver (issue 11
-§1). The seed is printed, so that a failing run can be replayed."""
+stored incident's opening, its resolve when resolved, and each stored remediation outcome reach a real
+local webhook receiver (issue 11 §1). The seed is printed, so that a failing run can be replayed."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ async def receiver() -> AsyncIterator[HookReceiver]:
 
 async def test_random_sigkills_lose_no_opening_or_resolve(tmp_path: Path, receiver: HookReceiver) -> None:
     """Five SIGKILLs at random instants 0–2.5 s after an emulator crash, then a clean run: every incident in
-    the state db had its opening (and resolve) delivered at least once."""
+    the state db had its opening, resolve and remediation outcomes delivered at least once."""
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
     print(f"CHAOS_SEED={seed}")
     report = await KillCycles(tmp_path, receiver, random.Random(seed)).run(kills=5)
