@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ops.add_parsers(sub, cp, js, ap)
     sub.add_parser("emulate", help="run the vLLM emulator (options after 'emulate' go to it)", add_help=False)
     fleet_cli.add_parser(sub).set_defaults(func=fleet_cli.run)
-    p = sub.add_parser("demo", help="live demonstration against the emulator")
+    p = sub.add_parser("demo", parents=cp, help="live demonstration against the emulator (its own config)")
     p.add_argument("--fast", action="store_true", help="shorter timings")
     p.set_defaults(func=cmd_demo)
     logs_cli.add_parser(sub).set_defaults(func=logs_cli.run)

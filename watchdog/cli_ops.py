@@ -200,7 +200,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser], js: argparse.A
     r.add_argument("--at", type=float, default=None, metavar="UNIX_TIME",
                    help="evaluate active_time windows at this time (default now)")
     r.set_defaults(func=cmd_routes_test)
-    c = sub.add_parser("completion", help="print a shell completion script (eval it, or save it)")
+    c = sub.add_parser("completion", parents=parents, help="print a shell completion script (eval it, or save it)")
     c.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
     c.set_defaults(func=cmd_completion, root_parser=root)
 
