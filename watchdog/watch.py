@@ -89,6 +89,7 @@ class TargetWatch:
     ready_since: float | None = None
     runtime_state: RuntimeState | None = None  # last seen by runtime_job (shown on the status page)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _soaked: float | None = None  # the ready period whose config files were snapshotted as known good
     _stop_asked_at: float | None = None  # an unrequested SIGTERM was seen (docker stop sends one first)
     _pending_exit: RuntimeEvent | None = None  # an exit that may still turn out to be an operator stop
     on_probe_failure: Callable[[str, ProbeResult], None] | None = None
@@ -228,14 +229,16 @@ class TargetWatch:
         return fn
 
     def soak_known_good(self) -> None:
-        """Ready for the soak time → snapshot the config files as last known good (once per content)."""
-        if self.ready_since is None or not self.cfg.config_files:
+        """Ready for the soak time → snapshot the config files as last known good, once per ready period
+        (the files the running server was started with; an edit made while it runs proves nothing)."""
+        if self.ready_since is None or not self.cfg.config_files or self._soaked == self.ready_since:
             return
         if self.clock.monotonic() - self.ready_since < self.cfg.known_good_soak_s:
             return
         try:
             store = SnapshotStore(self.state_dir / "snapshots" / self.name, self.clock)
             snap = store.snapshot([c.path for c in self.cfg.config_files], reason="ready for the soak time")
+            self._soaked = self.ready_since
             log.debug("known-good snapshot", target=self.name, snapshot=getattr(snap, "id", "?"))
         except Exception as e:
             log.warning("known-good snapshot failed", target=self.name, error=e.__class__.__name__)

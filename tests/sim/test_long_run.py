@@ -24,7 +24,7 @@ import structlog
 from watchdog.cli import load_all
 from watchdog.config.models import TargetConfig
 from watchdog.daemon import Daemon
-from watchdog.model import EventKind, Notification, RunState, Severity
+from watchdog.model import EventKind, Incident, Notification, RunState, Severity
 from watchdog.scheduler import ClockScheduler
 from watchdog.testing.notify import RecordingNotifier
 from watchdog.testing.sim import WALL0, LoopClock, SimRuntime, SimVllm, TimeTravelLoop
@@ -82,6 +82,7 @@ class Sim:
     log: list[str] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
     heal_times: dict[str, list[float]] = field(default_factory=dict)
+    incidents: list[Incident] = field(default_factory=list)
 
 
 def inject(sim: Sim, name: str, fault: str) -> None:
@@ -181,6 +182,7 @@ async def run_simulation(tmp: Path, seed: int) -> Sim:
     try:
         await asyncio.gather(*(fault_loop(sim, n, random.Random(rng.random())) for n in TARGETS))
         await asyncio.sleep(60)
+        sim.incidents = d.store.incidents(limit=100_000)
     finally:
         await d.stop()
     return sim
@@ -198,7 +200,7 @@ def pages(sim: Sim) -> Counter[int]:
 def spurious_crash_loops(sim: Sim, window_s: float, exits: int) -> list[Any]:
     """crash_loop incidents opened while fewer than `exits` real crashes happened within the window."""
     bad = []
-    for inc in sim.daemon.store.incidents(limit=100_000):
+    for inc in sim.incidents:
         if inc.kind != "crash_loop":
             continue
         opened = inc.opened_at - WALL0

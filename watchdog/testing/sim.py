@@ -287,9 +287,12 @@ class SimRuntime(FakeRuntime):
         self.own_restarts += 1
         self._start_server()
 
-    def _start_server(self) -> None:
+    def _start_server(self, *, by_policy: bool = False) -> None:
+        """Docker's RestartCount counts only the restarts its restart policy made (not `docker restart`,
+        not `docker start`)."""
+        count = self._state.restart_count + (1 if by_policy else 0)
         self._run()
-        self._state = replace(self._state, restart_policy=self.restart_policy)
+        self._state = replace(self._state, restart_policy=self.restart_policy, restart_count=count)
         self.server.boot()
 
     # ------------------------------------------------------------------ faults from outside
@@ -308,7 +311,7 @@ class SimRuntime(FakeRuntime):
     def _policy_restart(self) -> None:
         if self._state.state is RunState.RUNNING:
             return
-        self._start_server()
+        self._start_server(by_policy=True)
 
     def operator_stop(self) -> None:
         """`docker stop` by a person: kill (SIGTERM), die, stop — none of it requested by the watchdog."""
