@@ -190,12 +190,14 @@ async def test_startup_kv_cache_escalates_without_crash_loop(harness: Harness) -
 
 
 async def test_escalation_is_paged_once(harness: Harness) -> None:
-    """An incident escalated to P0 by its ladder's escalate step is not escalated (paged) a second time."""
+    """An incident escalated to P0 by its ladder's escalate step is paged once: opened at P0 it was paged
+    then, so the escalation is recorded in its history and not told again (issue 10: ≤ 1 page per incident)."""
     h = harness
     _, inc = await _startup_kv_cache(h)
-    await wait_for(lambda: "escalated" in h.receiver.events_of(inc.id), timeout=10, what="escalation notified")
+    await wait_for(lambda: "opened" in h.receiver.events_of(inc.id), timeout=10, what="opening notified")
     job = h.daemon.jobs["remediation"]
     mark = job.last_done
     await wait_for(lambda: job.last_done > mark + 2, timeout=20, what="two more remediation rounds")
     await wait_for(lambda: not h.daemon.store.outbox_rows(state="pending"), timeout=10, what="outbox drained")
-    assert h.receiver.events_of(inc.id).count("escalated") == 1, h.receiver.events_of(inc.id)
+    told = h.receiver.events_of(inc.id)
+    assert told.count("opened") == 1 and told.count("escalated") == 0, told

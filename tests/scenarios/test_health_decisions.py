@@ -218,3 +218,24 @@ def test_a_refused_canary_waits_for_liveness_instead_of_opening_not_ready() -> N
     h2 = HealthDetector("vllm")
     h2.on_transition(tr("canary", ProbeState.FAILING, error="connection_refused"), 0.0)
     assert active(h2.note_liveness(0)) == [("not_ready", Severity.P1)]
+
+
+def test_an_exit_seen_as_event_and_as_restart_count_counts_once() -> None:
+    """Docker pushes the die event and then raises its restart count for the same crash: one exit, so two
+    crashes are no crash loop (the sim measured spurious crash loops from this double count)."""
+    c = FakeClock()
+    h = HealthDetector("vllm")
+    h.on_runtime_state(RuntimeState(RunState.RUNNING, restart_count=0), c.monotonic())
+    out: list[Finding] = []
+    c.advance(100)
+    out += h.on_runtime_event(exit_event(c), c.monotonic())
+    c.advance(1)
+    out += h.on_runtime_state(RuntimeState(RunState.RUNNING, restart_count=1), c.monotonic())
+    c.advance(100)  # the other order: the state poll sees the rise before the (delayed) exit event
+    out += h.on_runtime_state(RuntimeState(RunState.RUNNING, restart_count=2), c.monotonic())
+    c.advance(3)
+    out += h.on_runtime_event(exit_event(c), c.monotonic())
+    assert "crash_loop" not in [f.kind for f in out]
+    c.advance(100)  # a crash seen only through the restart count (no event) still counts
+    out += h.on_runtime_state(RuntimeState(RunState.RUNNING, restart_count=3), c.monotonic())
+    assert ("crash_loop", Severity.P0) in active(out)

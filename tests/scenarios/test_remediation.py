@@ -121,8 +121,11 @@ async def test_repeated_cuda_oom_walks_the_ladder(tmp_path: Path) -> None:
 
     inc3 = w.open("gpu_oom")
     await step(w)
-    assert w.store.incident(inc3).severity == Severity.P0  # type: ignore[union-attr]
-    assert w.events(EventKind.ESCALATED)
+    inc = w.store.incident(inc3)
+    assert inc is not None and inc.severity == Severity.P0 and inc.escalated
+    # it was opened (paged) at P0: the escalation is recorded, not paged a second time (issue 10)
+    assert [ev["event"] for ev in w.store.events(inc3)].count("escalated") == 1
+    assert w.events(EventKind.ESCALATED) == []
     n_actions = len(w.runtime.actions)
     v = await w.rem.evaluate("vllm")
     assert v is not None and v.reason == Reason.LADDER_EXHAUSTED

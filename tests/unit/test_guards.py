@@ -75,10 +75,10 @@ def test_notify_and_escalate_never_spend_the_budget(tmp_path: Path) -> None:
     """The measured failure: '6 actions within 3600 s (max 5)' with 3 restarts — escalate and notify
     counted. Only actions that touch the target spend the budget and the back-off."""
     s = Store(tmp_path / "s.db")
+    outcomes = {"escalate": "escalated", "notify": "succeeded", "restart": "failed"}
     for i, action in enumerate(["restart", "escalate", "restart", "notify", "restart", "escalate"]):
         a = s.start_attempt(target="vllm", incident_id=i, policy="p", step=0, action=action, now=1000.0 + 100 * i)
-        s.finish_attempt(a, outcome="escalated" if action == "escalate" else "succeeded", reason="",
-                         now=1001.0 + 100 * i)
+        s.finish_attempt(a, outcome=outcomes[action], reason="", now=1001.0 + 100 * i)
     g = G.model_copy(update={"max_attempts": 4})
     assert check_rate(g, s.attempts(target="vllm"), 1700.0).allowed
     assert check_rate(g.model_copy(update={"max_attempts": 3}), s.attempts(target="vllm"), 1700.0).reason == \
@@ -95,3 +95,16 @@ def test_backoff_counts_only_the_ladders_own_incidents(tmp_path: Path) -> None:
     assert check_rate(g, s.attempts(target="vllm"), 1055.0).reason == Reason.BACKOFF_ACTIVE
     assert check_rate(g, s.attempts(target="vllm"), 1055.0, streak_of={3}).allowed
     assert check_rate(g, s.attempts(target="vllm"), 1045.0, streak_of={2}).reason == Reason.BACKOFF_ACTIVE
+
+
+def test_actions_verified_ready_do_not_spend_the_budget(tmp_path: Path) -> None:
+    """Restarts that healed (verified ready) are no restart storm: only actions that did not heal count."""
+    s = ledger(tmp_path, [1000.0, 1100.0, 1300.0], outcome="succeeded")
+    assert check_rate(G, s.attempts(target="vllm"), 2000.0).allowed
+    a = s.start_attempt(target="vllm", incident_id=1, policy="p", step=0, action="exec", now=1400.0)
+    s.finish_attempt(a, outcome="succeeded", reason="", now=1401.0)  # unverified: it may not have helped
+    b = s.start_attempt(target="vllm", incident_id=1, policy="p", step=0, action="restart", now=1500.0)
+    s.finish_attempt(b, outcome="failed", reason="", now=1501.0)
+    c = s.start_attempt(target="vllm", incident_id=1, policy="p", step=0, action="restart", now=1600.0)
+    s.finish_attempt(c, outcome="error", reason="", now=1601.0)
+    assert check_rate(G, s.attempts(target="vllm"), 2000.0).reason == Reason.MAX_ATTEMPTS_REACHED

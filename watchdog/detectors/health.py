@@ -39,6 +39,7 @@ EXIT_EVENTS = frozenset({"die", "exit"})
 START_EVENTS = frozenset({"start", "restart"})
 # a readiness/canary failure with one of these errors says the server does not answer at all: liveness
 # decides (service_down) before it is blamed on the engine (not_ready)
+MATCH_S = 60.0  # an exit event and a restart-count rise this close together are the same exit
 UNREACHABLE = frozenset({"connection_refused", "connect_error", "protocol_error", "http_error"})
 # what an operator stop closes: the server is down on purpose, the operator_stopped notice covers it
 _CLOSED_BY_OPERATOR_STOP = (
@@ -97,6 +98,10 @@ class HealthDetector:
         self.operator_stop: str | None = None  # how an operator stopped the target, while it stays stopped
         self._exits: deque[float] = deque(maxlen=64)
         self._last_restart_count: int | None = None
+        # one crash is seen twice (the exit event and the runtime's restart count): count it once, whichever
+        # comes first; an unmatched sighting matches the other kind within MATCH_S
+        self._unmatched_events: deque[float] = deque(maxlen=64)
+        self._unmatched_rises: deque[float] = deque(maxlen=64)
         self._own_restart_at: float | None = None
         self._was_unready = False
         self._ready_since: float | None = None
@@ -310,7 +315,10 @@ class HealthDetector:
     def _restarted(self) -> None:
         self._deferred.clear()
         self._was_unready = True
-        self._ready_since = None
+        if self.states.get("readiness") != ProbeState.PASSING:
+            # a passing readiness stays passing through the startup grace (no transition will come): keep
+            # its healthy-since time; otherwise the next pass sets it
+            self._ready_since = None
         for p, s in self.states.items():
             if s == ProbeState.FAILING:
                 self.states[p] = ProbeState.STARTING
@@ -378,13 +386,26 @@ class HealthDetector:
                                active=False))
         return out
 
-    def _count_exit(self, now: float) -> list[Finding]:
-        """One exit the watchdog did not cause: a crash loop when enough fall within the window."""
+    def _count_exit(self, now: float, *, event: bool = True) -> list[Finding]:
+        """One exit the watchdog did not cause (from an event, or a restart-count rise): a crash loop when
+        enough fall within the window. The other sighting of the same exit is not counted again."""
+        mine, other = (self._unmatched_events, self._unmatched_rises) if event else \
+            (self._unmatched_rises, self._unmatched_events)
+        while other and now - other[0] > MATCH_S:
+            other.popleft()
+        if other:
+            other.popleft()  # the same exit, seen the other way first: counted (and reported) then
+            return []
+        mine.append(now)
         self._exits.append(now)
         recent = [t for t in self._exits if now - t <= self.crash_loop_window_s]
         if len(recent) < self.crash_loop_exits:
             return []
         self._crash_loop = True
+        return self._crash_loop_finding(now)
+
+    def _crash_loop_finding(self, now: float) -> list[Finding]:
+        recent = [t for t in self._exits if now - t <= self.crash_loop_window_s]
         return [self._f(
             IncidentKind.CRASH_LOOP, Severity.P0,
             f"{len(recent)} exits the watchdog did not cause within {int(self.crash_loop_window_s)} s: crash loop",
@@ -400,8 +421,10 @@ class HealthDetector:
         )
         prev = self._last_restart_count
         if prev is not None and st.restart_count > prev and not own and self.operator_stop is None:
+            # each restart the runtime made follows an exit; the exits already counted from events are not
+            # counted twice
             for _ in range(st.restart_count - prev):
-                out.extend(self._count_exit(now))
+                out.extend(self._count_exit(now, event=False))
         self._last_restart_count = st.restart_count
         if self.operator_stop is not None and st.state == RunState.RUNNING:
             out.extend(self.on_external_start(now))

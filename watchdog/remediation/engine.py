@@ -30,11 +30,13 @@ from watchdog.model import (
     Incident,
     IncidentEdge,
     IncidentKind,
-    RunState,
+    RuntimeState,
     Severity,
 )
 from watchdog.protocols import IncidentLedger
+from watchdog.remediation import ladder as L
 from watchdog.remediation import policy as P
+from watchdog.remediation import verify as V
 from watchdog.remediation.actions import ACTIONS, ActionContext, TargetHandle
 from watchdog.remediation.guards import Reason, Verdict, check_rate
 from watchdog.store import Attempt, Store
@@ -42,12 +44,10 @@ from watchdog.store import Attempt, Store
 log = structlog.get_logger("watchdog.remediation")
 
 HOST_TARGET = "host"
-COUNTED = ("succeeded", "failed", "escalated", "error")  # attempts that take a ladder step
 # kinds a verification never resolves: their detector does (crash loop: after staying healthy for its window)
 NOT_RESOLVED_BY_VERIFY = frozenset({IncidentKind.CRASH_LOOP.value, IncidentKind.OPERATOR_STOPPED.value})
-EXIT_EVENTS = ("die", "exit")
 # a waiting verdict of the top incident holds the target: lower-priority incidents must not act meanwhile
-_FALL_THROUGH = (Reason.LADDER_EXHAUSTED, Reason.NO_POLICY, Reason.SILENCED)
+_FALL_THROUGH = (Reason.LADDER_EXHAUSTED, Reason.NO_POLICY, Reason.SILENCED, Reason.RECOVERED)
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class Remediator:
         dry_run: bool = False,
         resolve_secret: Callable[[str | None, Path | None, str], str | None] | None = None,
         held_kinds: Callable[[str], Collection[str]] | None = None,
+        runtime_restart_grace_s: float = 30.0,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -89,6 +90,8 @@ class Remediator:
         self.resolve_secret = resolve_secret or (lambda env, file, fld: None)
         # target → incident kinds a probe still reports (HealthDetector.held_kinds): never resolved on verify
         self.held_kinds = held_kinds or (lambda target: ())
+        # a runtime that restarts the server itself gets this long (from the incident's opening) before we act
+        self.runtime_restart_grace_s = runtime_restart_grace_s
         self.targets: dict[str, TargetHandle] = {}
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._acting: set[str] = set()  # targets whose action (not its verification) is running now
@@ -104,31 +107,10 @@ class Remediator:
         t = self._busy.get(target)
         return t is not None and not t.done()
 
-    def _taken(self, incident_id: int, policy: P.Policy) -> list[Attempt]:
-        return [a for a in self.store.attempts(incident_id=incident_id)
-                if a.policy == policy.name and (a.outcome in COUNTED or a.phase != "done")]
-
     def ladder(self, policy: P.Policy, inc: Incident) -> tuple[int, str, frozenset[int]]:
         """(next step index, the rule that applied, the incidents whose attempts form this ladder)."""
-        own = self._taken(inc.id, policy)
-        if own:
-            return max(a.step for a in own) + 1, "continues this incident's ladder", frozenset({inc.id})
-        window = self.policies.ladder_window_s(policy)
-        for a in reversed(self.store.attempts(target=inc.target, policy=policy.name,
-                                              since=inc.opened_at - window - policy.verify.timeout_s)):
-            if a.incident_id is None or a.incident_id == inc.id or a.outcome not in COUNTED:
-                continue
-            prev = self.store.incident(a.incident_id)
-            if prev is None or prev.kind != inc.kind or prev.id > inc.id:
-                continue
-            gap = max(0.0, inc.opened_at - (prev.resolved_at if prev.resolved_at is not None else inc.opened_at))
-            if gap > window:
-                break
-            pos = max(x.step for x in self._taken(prev.id, policy)) + 1
-            return pos, (f"{inc.kind} recurred {gap:.0f} s after incident #{prev.id} resolved (ladder window "
-                         f"{window:g} s): continues its ladder"), frozenset({inc.id, prev.id})
-        return 0, (f"new incident: the ladder starts at step 1 (no {inc.kind} on this target within the ladder "
-                   f"window of {window:g} s)"), frozenset({inc.id})
+        pos = L.position(self.store, self.policies, policy, inc)
+        return pos.index, pos.rule, pos.chain
 
     def ladder_step(self, policy: P.Policy, inc: Incident) -> int:
         """The index of the step the incident's ladder is at (after any carry-over)."""
@@ -152,8 +134,8 @@ class Remediator:
         d = self.decision(inc, now)
         return d.policy, d.index, d.verdict
 
-    def decision(self, inc: Incident, now: float) -> Decision:
-        """The whole decision for one open incident (no side effects)."""
+    def decision(self, inc: Incident, now: float, st: RuntimeState | None = None) -> Decision:
+        """The whole decision for one open incident (no side effects); `st`: the runtime's view, if read."""
         policy = self.policies.matching(inc)
         if policy is None:
             return Decision(None, 0, Verdict(False, Reason.NO_POLICY, f"no policy matches kind '{inc.kind}'"))
@@ -162,10 +144,18 @@ class Remediator:
             return Decision(policy, 0, Verdict(False, Reason.SILENCED, f"silence #{silence.id}: {silence.reason}"))
         if self.busy(inc.target):
             return Decision(policy, 0, Verdict(False, Reason.IN_PROGRESS, "a remediation of this target is running"))
-        idx, rule, chain = self.ladder(policy, inc)
-        steps = policy.steps
+        pos = L.position(self.store, self.policies, policy, inc)
+        idx, rule, chain, steps = pos.index, pos.rule, pos.chain, policy.steps
         if idx >= len(steps) and steps and steps[-1].repeat:
             idx, rule = len(steps) - 1, rule + "; its last step repeats while the incident is open"
+        last = next(iter(self.store.attempts(incident_id=inc.id, limit=1)), None)
+        if last is not None and ((last.outcome == "succeeded" and last.action in P.VERIFIED)
+                                 or last.details.get("verified") is True) \
+                and inc.updated_at <= (last.finished_at or last.started_at):
+            # verified ready, yet open (a crash loop waits for its healthy window): act on a new failure only
+            return Decision(policy, idx, Verdict(False, Reason.RECOVERED,
+                                                 f"attempt #{last.id} ({last.action}) was verified ready; the next "
+                                                 "action waits for a new occurrence"), rule, (), chain)
         runtime, files = self._facts(inc.target)
         skipped: list[str] = []
         while idx < len(steps) and (why := steps[idx].lacks(runtime=runtime, config_files=files)) is not None:
@@ -174,7 +164,9 @@ class Remediator:
         if idx >= len(steps):
             detail = f"all {len(steps)} steps of '{policy.name}' were tried or skipped"
             return Decision(policy, idx, Verdict(False, Reason.LADDER_EXHAUSTED, detail), rule, tuple(skipped), chain)
-        v = self._step_verdict(policy, steps[idx], idx, inc, now, chain)
+        wait = V.waiting_for_runtime(st, inc, now, self.runtime_restart_grace_s) if steps[idx].disruptive else None
+        v = Verdict(False, Reason.WAITING_FOR_RUNTIME, wait) if wait else \
+            self._step_verdict(policy, steps[idx], idx, inc, now, chain)
         return Decision(policy, idx, v, rule, tuple(skipped), chain)
 
     def _step_verdict(self, policy: P.Policy, step: Any, idx: int, inc: Incident, now: float,
@@ -225,14 +217,16 @@ class Remediator:
                                                             f"no policy matches kind '{inc.kind}'")), now)
         first: Verdict | None = None
         holder: tuple[P.Policy, Incident] | None = None
-        for policy, inc in self.candidates(target):
+        cands = self.candidates(target)
+        st = await V.runtime_state(self.targets.get(target)) if cands else None
+        for policy, inc in cands:
             if holder is not None:
                 hp, hi = holder
                 self._record(inc, Decision(policy, 0, Verdict(
                     False, Reason.SUPERSEDED, f"incident #{hi.id} ({hi.kind}, policy '{hp.name}', priority "
                     f"{hp.priority}) is the one acted on for this target")), now)
                 continue
-            d = self.decision(inc, now)
+            d = self.decision(inc, now, st)
             self._record(inc, d, now)
             v = await self._act(policy, inc, d, now)
             first = first or v
@@ -292,18 +286,20 @@ class Remediator:
         if self.store.get(key):
             return
         self.store.put(key, {"reason": v.reason.value, "at": now})
-        current = self.store.incident(inc.id) or inc
-        if current.escalated and current.severity == Severity.P0:
-            return  # already paged at P0 (the ladder's escalate step, or an earlier verdict): page once
         if self.metrics and v.reason != Reason.PRECONDITION_FAILED:
             self.metrics.remediation_budget_exhausted.labels(inc.target).set(1)
-        edge = self.incidents.escalate(inc, Severity.P0, f"{v.reason.value}: {v.detail}", now)
-        if edge is None:
-            fresh = self.store.incident(inc.id) or inc
-            edge = IncidentEdge(EventKind.ESCALATED, fresh, {"reason": f"{v.reason.value}: {v.detail}"})
-        self.emit(IncidentEdge(EventKind.ESCALATED, edge.incident,
-                       {**dict(edge.detail), "reason": f"{v.reason.value}: {v.detail}",
-                        "runbook": "the watchdog has stopped acting on this target: a human must look"}))
+        self._escalate(inc, Severity.P0, f"{v.reason.value}: {v.detail}", now,
+                       {"runbook": "the watchdog has stopped acting on this target: a human must look"})
+
+    def _escalate(self, inc: Incident, severity: Severity, reason: str, now: float,
+                  detail: Mapping[str, Any]) -> None:
+        """Raise the incident to `severity` (recorded in its history) and tell it — only if that is worse than
+        what was told already: an incident opened (paged) at P0 is not paged a second time."""
+        was = (self.store.incident(inc.id) or inc).severity
+        edge = self.incidents.escalate(inc, severity, reason, now)
+        if edge is not None and severity.worse_than(was):
+            self.emit(IncidentEdge(EventKind.ESCALATED, edge.incident, {**dict(edge.detail), **detail,
+                                                                         "reason": reason}))
 
     def _dry_run(self, inc: Incident, policy: P.Policy, idx: int, step: Any, now: float) -> None:
         for a in self.store.attempts(incident_id=inc.id):
@@ -320,7 +316,7 @@ class Remediator:
 
     # ------------------------------------------------------------------ running
     async def _run(self, inc: Incident, policy: P.Policy, idx: int, attempt_id: int, phase: str,
-                   details: Mapping[str, Any]) -> None:
+                   details: Mapping[str, Any], *, resumed: bool = False) -> None:
         step = policy.steps[idx]
         handle = self.targets.get(inc.target)
         started = self.clock.time()
@@ -341,7 +337,7 @@ class Remediator:
             stop_s = policy.stop_timeout_s
             if isinstance(step, P.RestartStep | P.StopStep) and step.timeout_s is None and stop_s is not None:
                 step = step.model_copy(update={"timeout_s": stop_s})
-            await self._act_and_verify(inc, policy, step, handle, attempt_id, phase, details, base)
+            await self._act_and_verify(inc, policy, step, handle, attempt_id, phase, details, base, resumed)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # never let an action crash the daemon
@@ -351,42 +347,31 @@ class Remediator:
     def _escalate_step(self, inc: Incident, step: P.EscalateStep, attempt_id: int, base: Mapping[str, Any],
                        now: float) -> None:
         self.store.finish_attempt(attempt_id, outcome="escalated", reason=f"escalated to {step.severity}", now=now)
-        edge = self.incidents.escalate(inc, step.severity, step.message or "policy escalation", now)
-        fresh = edge.incident if edge else (self.store.incident(inc.id) or inc)
-        self.emit(IncidentEdge(EventKind.ESCALATED, fresh, {**base, "reason": step.message or "policy escalation",
-                                                            "runbook": "the watchdog has stopped acting: page"}))
+        self._escalate(inc, step.severity, step.message or "policy escalation", now,
+                       {**base, "runbook": "a human must look"})
         if self.metrics:
             self.metrics.remediations.labels(inc.target, "escalate", "escalated").inc()
 
     async def _runtime_restarted(self, inc: Incident, step: Any, handle: TargetHandle) -> str | None:
-        """The server exited, but its runtime (docker restart policy, systemd Restart=) or an operator has
-        started it again already: restarting it now would kill it while it loads. Only before the incident's
-        first action (after that, a running server may be the watchdog's own start)."""
-        if not step.disruptive or handle.runtime is None or len(self.store.attempts(incident_id=inc.id)) > 1:
+        """Its runtime already brought the server back: verify instead of restarting. A start during one of
+        the watchdog's own earlier attempts on this incident is the watchdog's, not the runtime's."""
+        if not step.disruptive:
             return None
-        exits = [i.evidence.get("exited_at") for i in self.store.open_incidents(inc.target)
-                 if i.evidence.get("runtime_event") in EXIT_EVENTS]
-        exited_at = max((float(t) for t in exits if isinstance(t, int | float)), default=None)
-        if exited_at is None:
-            return None
-        try:
-            st = await handle.runtime.state()
-        except Exception:
-            return None
-        started_after = st.started_at is not None and st.started_at > exited_at
-        if not (st.state == RunState.RESTARTING or (st.state == RunState.RUNNING and started_after)):
-            return None
-        return (f"RUNTIME_RESTARTED: the server exited but its runtime already runs it again ({st.state.value}); "
-                f"no {step.action}: verifying readiness instead")
+        ours = [a.finished_at for a in self.store.attempts(incident_id=inc.id) if a.finished_at is not None]
+        exit_time = V.exited_at(self.store.open_incidents(inc.target))
+        why = V.restarted_by_runtime(await V.runtime_state(handle), inc, exit_time, max(ours, default=None))
+        return None if why is None else f"{why}; no {step.action}: verifying readiness instead"
 
     async def _act_and_verify(self, inc: Incident, policy: P.Policy, step: Any, handle: TargetHandle,
-                              attempt_id: int, phase: str, details: Mapping[str, Any], base: Mapping[str, Any]) -> None:
+                              attempt_id: int, phase: str, details: Mapping[str, Any], base: Mapping[str, Any],
+                              resumed: bool = False) -> None:
         ctx = ActionContext(
             target=handle, incident=inc, step=step, clock=self.clock, state_dir=self.state_dir, phase=phase,
             details=dict(details), checkpoint=lambda ph, d: self.store.checkpoint_attempt(attempt_id, ph, d),
             resolve_secret=self.resolve_secret,
         )
-        restarted = await self._runtime_restarted(inc, step, handle) if phase == "started" else None
+        # a resumed attempt may have started the server itself before the daemon went down: not the runtime's
+        restarted = await self._runtime_restarted(inc, step, handle) if phase == "started" and not resumed else None
         if phase in ("acted", "verifying"):
             result = ActionResult(step.action, ActionOutcome.OK, "resumed after a daemon restart: verifying")
         elif restarted is not None:
@@ -402,9 +387,14 @@ class Remediator:
         log.info("remediation action", target=inc.target, incident=inc.id, action=step.action,
                  outcome=result.outcome.value, reason=result.reason)
         if result.outcome == ActionOutcome.SKIPPED:
-            self.store.finish_attempt(attempt_id, outcome="skipped", reason=result.reason, now=self.clock.time())
-            self.store.add_event(inc.id, "remediation_skipped", {**base, "reason": result.reason}, self.clock.time())
-            if restarted is not None and (await self._verify(handle, policy.verify))[0]:
+            ok, reason = False, result.reason
+            if restarted is not None:
+                ok, why = await V.verify_ready(handle, policy.verify, self.clock)
+                reason = f"{reason}; {why}"
+            self.store.finish_attempt(attempt_id, outcome="skipped", reason=reason, now=self.clock.time(),
+                                      details={"verified": ok})
+            self.store.add_event(inc.id, "remediation_skipped", {**base, "reason": reason}, self.clock.time())
+            if ok:
                 self._resolve_verified(inc, "verified ready after the runtime's own restart")
             return
         if not result.ok:
@@ -412,7 +402,7 @@ class Remediator:
             return
         if step.action in P.VERIFIED or getattr(step, "verify", False):
             self.store.checkpoint_attempt(attempt_id, "verifying")
-            ok, why = await self._verify(handle, policy.verify)
+            ok, why = await V.verify_ready(handle, policy.verify, self.clock)
             if not ok:
                 self._finish(inc, attempt_id, base, "failed", f"{result.reason}; verification failed: {why}",
                              result.details)
@@ -447,28 +437,6 @@ class Remediator:
         self.emit(IncidentEdge(event, fresh, {**base, "outcome": outcome, "reason": reason,
                                       **{k: v for k, v in details.items() if k in ("changes", "file", "snapshot")}}))
 
-    async def _verify(self, handle: TargetHandle, v: P.Verify) -> tuple[bool, str]:
-        """Hold, then poll readiness until it passes, the server exits again, or the verify timeout expires."""
-        await self.clock.sleep(v.hold_s)
-        t0 = self.clock.monotonic()
-        deadline = t0 + v.timeout_s
-        while True:
-            try:
-                if await handle.verify_ready():
-                    return True, f"readiness passed after {self.clock.monotonic() - t0 + v.hold_s:.1f} s"
-            except Exception as e:
-                log.warning("verification probe error", target=handle.name, error=e.__class__.__name__)
-            if handle.runtime is not None:
-                try:
-                    st = await handle.runtime.state()
-                except Exception:
-                    st = None
-                if st is not None and st.state.value in ("exited", "missing"):
-                    return False, f"the server exited again during verification (exit code {st.exit_code})"
-            if self.clock.monotonic() >= deadline:
-                return False, f"not ready within {v.timeout_s:g} s"
-            await self.clock.sleep(v.interval_s)
-
     # ------------------------------------------------------------------ restart safety
     def resume(self) -> list[Attempt]:
         """After a daemon restart: finish every attempt the previous process left half-done, exactly once."""
@@ -482,7 +450,7 @@ class Remediator:
                 continue
             self.store.add_event(inc.id, "resumed", {"attempt": a.id, "phase": a.phase}, self.clock.time())
             self._busy[a.target] = asyncio.create_task(
-                self._run(inc, policy, a.step, a.id, a.phase, a.details), name=f"resume:{a.target}"
+                self._run(inc, policy, a.step, a.id, a.phase, a.details, resumed=True), name=f"resume:{a.target}"
             )
             resumed.append(a)
         return resumed

@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from watchdog.remediation.policy import TOUCHES_TARGET, Guards
+from watchdog.remediation.policy import TOUCHES_TARGET, VERIFIED, Guards
 from watchdog.store import Attempt
 
 
@@ -31,6 +31,8 @@ class Reason(StrEnum):
     OPERATOR_STOPPED = "OPERATOR_STOPPED"  # an operator stopped the target: told, never restarted, never paged
     STEP_SKIPPED = "STEP_SKIPPED"  # the target lacks what the step needs (config file, runtime): ladder moves on
     SUPERSEDED = "SUPERSEDED"  # another open incident of the target (higher priority) is the one acted on
+    RECOVERED = "RECOVERED"  # the last action was verified ready and nothing failed since: wait, do not act
+    WAITING_FOR_RUNTIME = "WAITING_FOR_RUNTIME"  # its runtime restarts it itself: give that a grace first
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,11 @@ def acted(attempts: Sequence[Attempt]) -> list[Attempt]:
     """Attempts that spend a budget: actions that touch the target and really ran (or still run). Dry-runs,
     skips, notify and escalate never do."""
     return [a for a in attempts if a.action in TOUCHES_TARGET and (a.outcome in SPENT or a.phase != "done")]
+
+
+def helped(a: Attempt) -> bool:
+    """An action verified ready afterwards: it healed the target, so it is no restart storm."""
+    return a.outcome == "succeeded" and a.action in VERIFIED
 
 
 def backoff_delay(g: Guards, consecutive: int) -> float:
@@ -77,13 +84,15 @@ def check_rate(
 ) -> Verdict:
     """Cooldown and budget over the target's ledger (all policies together); back-off over the streak of
     `streak_of` (the incidents of one ladder: a crash loop's restarts back off, an unrelated fault healed
-    in between does not), or over the whole target when None."""
+    in between does not), or over the whole target when None. The budget counts the actions that did not
+    heal (failed, error, still running, or unverified): one verified ready helped and is no storm."""
     done = acted(target_attempts)
-    in_window = [a for a in done if now - a.started_at <= g.window_s]
+    in_window = [a for a in done if now - a.started_at <= g.window_s and not helped(a)]
     if len(in_window) >= g.max_attempts:
         oldest = min(a.started_at for a in in_window)
         return Verdict(False, Reason.MAX_ATTEMPTS_REACHED,
-                       f"{len(in_window)} actions on the target within {int(g.window_s)} s (max {g.max_attempts})",
+                       f"{len(in_window)} actions on the target that did not heal it within {int(g.window_s)} s "
+                       f"(max {g.max_attempts})",
                        retry_at=oldest + g.window_s)
     if done:
         last = done[-1]
