@@ -107,14 +107,9 @@ class Remediator:
         t = self._busy.get(target)
         return t is not None and not t.done()
 
-    def ladder(self, policy: P.Policy, inc: Incident) -> tuple[int, str, frozenset[int]]:
-        """(next step index, the rule that applied, the incidents whose attempts form this ladder)."""
-        pos = L.position(self.store, self.policies, policy, inc)
-        return pos.index, pos.rule, pos.chain
-
     def ladder_step(self, policy: P.Policy, inc: Incident) -> int:
         """The index of the step the incident's ladder is at (after any carry-over)."""
-        return self.ladder(policy, inc)[0]
+        return L.position(self.store, self.policies, policy, inc).index
 
     def _open_kind(self, target: str, kinds: Collection[str], *, host: bool = False) -> Incident | None:
         for scope in (target, HOST_TARGET) if host else (target,):
