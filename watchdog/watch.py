@@ -40,6 +40,7 @@ START_KINDS = ("start", "restart")
 STOP_SIGNALS = ("15", "SIGTERM", "2", "SIGINT", "3", "SIGQUIT")
 STOP_ASKED_WINDOW_S = 120.0  # docker stop -t N: the die follows its SIGTERM within N s (then SIGKILL)
 STOP_SETTLE_S = 3.0  # docker reports "stop" right after the "die" of a docker stop
+ENGINE_DOWN_UNDO_S = 15.0  # a "stop" this close before the engine went away was the engine shutting down
 RUNTIME_POLICY_GRACE_S = 30.0  # a runtime that restarts the server itself gets this long before we act
 LOG_READ_TIMEOUT_S = 15.0
 RUNTIME_STATE_PERIOD_S = 5.0
@@ -90,6 +91,7 @@ class TargetWatch:
     runtime_state: RuntimeState | None = None  # last seen by runtime_job (shown on the status page)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _soaked: float | None = None  # the ready period whose config files were snapshotted as known good
+    _operator_stop_at: float | None = None  # when an operator stop was seen (the engine's own stop looks alike)
     _stop_asked_at: float | None = None  # an unrequested SIGTERM was seen (docker stop sends one first)
     _pending_exit: RuntimeEvent | None = None  # an exit that may still turn out to be an operator stop
     on_probe_failure: Callable[[str, ProbeResult], None] | None = None
@@ -276,8 +278,25 @@ class TargetWatch:
         elif ev.kind in START_KINDS:
             self._external_start()
         else:
+            if ev.kind == "docker_unreachable" and self._engine_took_it_down(now):
+                return
             self.host.apply_findings(self.health.on_runtime_event(ev, now))
             self.host.kick(self.name)
+
+    def _engine_took_it_down(self, now: float) -> bool:
+        """dockerd stopping stops its containers with the same kill/die/stop as `docker stop`: a stop seen
+        just before the engine became unreachable was the engine's, not an operator's — the server is down
+        and is healed once the engine is back."""
+        if self._operator_stop_at is None or now - self._operator_stop_at > ENGINE_DOWN_UNDO_S:
+            return False
+        self._operator_stop_at = None
+        self.host.apply_findings(self.health.on_external_start(now))  # no operator stop after all
+        self.health.states["liveness"] = ProbeState.FAILING
+        gone = RuntimeEvent("die", self.clock.time(), exit_code=None, attributes={"cause": "docker engine stopped"})
+        self.host.apply_findings(self.health.on_runtime_event(gone, now))
+        self.host.apply_findings(self.health.on_runtime_event(RuntimeEvent("docker_unreachable", gone.at), now))
+        self.host.kick(self.name)
+        return True
 
     def _kind(self) -> str:
         return self.runtime.kind if self.runtime is not None else "runtime"
@@ -299,6 +318,7 @@ class TargetWatch:
     def _operator_stop(self, how: str) -> None:
         self._pending_exit = None
         self._stop_asked_at = None
+        self._operator_stop_at = self.clock.monotonic()
         self._mark_gone()
         log.warning("operator stop: the watchdog will not restart the target", target=self.name, how=how)
         self.host.apply_findings(self.health.on_operator_stop(how, self.clock.monotonic()))

@@ -117,6 +117,18 @@ def _int(v: str | None) -> int | None:
         return None
 
 
+#: SubStates a unit passes through only while systemd runs a stop job for it (its main process did not exit
+#: on its own): how `systemctl stop` by a person is told apart from a crash.
+STOP_JOB_SUBSTATES = frozenset({"stop", "stop-sigterm", "stop-sigkill", "stop-watchdog"})
+
+
+def _sub_state(st: RuntimeState) -> str:
+    for part in st.detail.split():
+        if part.startswith("SubState="):
+            return part.removeprefix("SubState=")
+    return ""
+
+
 def state_from_show(props: Mapping[str, str]) -> RuntimeState:
     """Map `systemctl show` properties to a RuntimeState. An exit with status 0 is EXITED like any other
     (vLLM exits 0 after its engine dies, so `Restart=on-failure` does not restart it)."""
@@ -219,6 +231,7 @@ class SystemdRuntime:
         self._runner = runner
         self._clock = clock or SystemClock()
         self._closed = False
+        self._stop_job = False  # a stop job is running: its end (inactive) is reported as "stop"
         self._watch: UnitWatch | None = None
         self._bus_tried_at = float("-inf")
         self._bus_lock = asyncio.Lock()
@@ -382,7 +395,13 @@ class SystemdRuntime:
         out: list[RuntimeEvent] = []
         if pushed:  # every transition arrives on its own: no "between polls" guessing
             if was_up and not is_up:
+                if _sub_state(cur) in STOP_JOB_SUBSTATES:  # a stop job (systemctl stop), not an exit on its own
+                    self._stop_job = True
+                    out.append(RuntimeEvent("kill", now, attributes={**attrs, "signal": "15", "stop_job": "true"}))
                 out.append(RuntimeEvent("die", now, exit_code=cur.exit_code, attributes=attrs))
+            if self._stop_job and "ActiveState=inactive" in cur.detail:
+                self._stop_job = False
+                out.append(RuntimeEvent("stop", now, attributes=attrs))
             if cur.restart_count > prev.restart_count:
                 out.append(RuntimeEvent("restart", now, attributes={**attrs, "n_restarts": str(cur.restart_count)}))
             elif is_up and not was_up:
