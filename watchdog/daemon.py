@@ -58,6 +58,12 @@ Loader = Callable[[], tuple[WatchdogConfig, PolicySet]]
 __all__ = ["Daemon", "Extra", "JobHealth", "TargetWatch"]
 
 
+def _stop_timeout(t: TargetConfig, cfg: WatchdogConfig) -> float:
+    """The runtime's own stop grace when set, else remediation.defaults.stop_timeout_s (Docker's 10 s)."""
+    own = getattr(t.runtime, "stop_timeout_s", None)
+    return float(own) if own is not None else cfg.remediation.defaults.stop_timeout_s
+
+
 def _secret(env: str | None, file: Path | None, fld: str) -> str | None:
     return resolve_secret(env, file, field=fld).reveal() if env or file else None
 
@@ -131,7 +137,7 @@ class Daemon:
         self.remediator.targets[t.name] = TargetHandle(
             name=t.name, runtime=tw.runtime, config_files={c.name: c for c in t.config_files},
             verify_ready=tw.verify_ready, on_restarted=tw.on_restarted, restarting=tw.set_restarting,
-            stop_timeout_s=getattr(t.runtime, "stop_timeout_s", 10.0), http=self.notify_client,
+            stop_timeout_s=_stop_timeout(t, self.cfg), http=self.notify_client,
         )
         return tw
 

@@ -180,6 +180,8 @@ class TargetWatch:
     def probe_job(self, name: str) -> Callable[[], Awaitable[float]]:
         async def fn() -> float:
             await self.run_probe(name)
+            if name == "liveness" and self.runtime is None:  # with a runtime, runtime_job ticks the detector
+                self.host.apply_findings(self.health.tick(self.clock.monotonic()))
             return self.trackers[name].next_delay(self.clock.monotonic())
 
         return fn
@@ -321,7 +323,17 @@ class TargetWatch:
         self._operator_stop_at = self.clock.monotonic()
         self._mark_gone()
         log.warning("operator stop: the watchdog will not restart the target", target=self.name, how=how)
-        self.host.apply_findings(self.health.on_operator_stop(how, self.clock.monotonic()))
+        self.host.apply_findings(self.health.on_operator_stop(how, self.clock.monotonic(),
+                                                              resume=self._resume_command()))
+
+    def _resume_command(self) -> str | None:
+        """What the operator runs to start the target again (the watchdog then resumes watching)."""
+        rc = self.cfg.runtime
+        name = getattr(rc, "container", None) or getattr(rc, "compose_service", None)
+        if name:
+            return f"docker start {name}"
+        unit = getattr(rc, "unit", None)
+        return f"systemctl start {unit}" if unit else None
 
     def _external_start(self) -> None:
         """Started by its runtime's restart policy or by a person: probes start over in their grace."""

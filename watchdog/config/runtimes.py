@@ -30,7 +30,9 @@ class DockerRuntimeSettings(Strict):
     docker_host: str | None = Field(
         None, description="e.g. unix:///var/run/docker.sock; default: $DOCKER_HOST, else the default socket"
     )
-    stop_timeout_s: float = Field(30.0, ge=0, description="Grace before docker sends SIGKILL on stop/restart")
+    stop_timeout_s: float | None = Field(
+        None, ge=0, description="Grace before docker sends SIGKILL on stop/restart (default: "
+        "remediation.defaults.stop_timeout_s, 10 s like Docker's own)")
     api_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one Engine API call (not the events stream)")
     max_concurrency: int = Field(4, ge=1, le=10, description="Concurrent blocking API calls (≤ the pool size 10)")
     reconnect_initial_s: float = Field(0.5, gt=0, description="First wait before reconnecting the events stream")
@@ -52,7 +54,9 @@ class SystemdRuntimeSettings(Strict):
     type: Literal["systemd"] = Field("systemd", description="Runtime kind")
     unit: str = Field(min_length=1, description="Unit name; '.service' is added when no suffix is given")
     user: bool = Field(False, description="A user unit (systemctl --user, journalctl --user-unit)")
-    stop_timeout_s: float = Field(90.0, ge=0, description="Stop grace before `systemctl kill -s SIGKILL`")
+    stop_timeout_s: float | None = Field(
+        None, ge=0, description="Stop grace before `systemctl kill -s SIGKILL` (default: "
+        "remediation.defaults.stop_timeout_s)")
     systemctl: str = Field("systemctl", description="systemctl binary")
     journalctl: str = Field("journalctl", description="journalctl binary")
     command_timeout_s: float = Field(30.0, gt=0, description="Timeout of one systemctl/journalctl call")
