@@ -136,8 +136,20 @@ def say(t0: float, text: str) -> None:
     print(f"{stamp} {text}", flush=True)
 
 
-async def run_demo(fast: bool = False) -> int:
-    work = ROOT / ".demo"
+SCENARIO: list[tuple[str, str, dict[str, Any] | None, str | None]] = [
+    ("engine_death", "engine dies: /health 503, then the process exits 0 (vLLM #48966)",
+     {"fault": "engine_death", "params": {"exit_after_s": 2.0}}, None),
+    ("cuda_oom (recurring)", "runtime CUDA OOM while gpu_memory_utilization > 0.90: it comes back after "
+     "a plain restart, so the ladder steps GPU_MEMORY_UTILIZATION down",
+     {"fault": "cuda_oom", "params": {"above_gmu": 0.90, "exit_after_s": 1.0}}, "set_config"),
+    ("hung_engine", "engine hangs: /health 200, completions never return", {"fault": "hung_engine"}, None),
+    ("process killed", "SIGKILL of the server process (noticed from the exit, not the next probe)", None,
+     None),
+]
+
+
+def prepare(work: Path) -> None:
+    """A fresh demo directory: the API key, the vLLM env file the watchdog may edit, no fault."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work / "api_key").write_text("demo-key-0123456789\n")
@@ -145,22 +157,19 @@ async def run_demo(fast: bool = False) -> int:
     (work / "vllm.env").write_text("# vLLM settings (the watchdog may edit these)\nGPU_MEMORY_UTILIZATION=0.92\n"
                                    "MAX_NUM_SEQS=256\n")
     (work / "fault.json").write_text(json.dumps({"fault": "none"}))
-    receiver = Receiver()
-    await receiver.start()
-    os.environ["DEMO_WEBHOOK_URL"] = f"http://127.0.0.1:{receiver.port}/hook"
-    port, api_port = free_port(), free_port()
-    (work / "watchdog.yaml").write_text(_config(work, port, receiver.port, api_port, fast))
-    cfg, ps = load_all(str(work / "watchdog.yaml"))
-    setup_logging("console", "warning", stream=sys.stdout)
 
-    t0 = time.monotonic()
-    current: list[FaultRun] = []
 
-    def on_edge(edge: IncidentEdge) -> None:
-        if not current:
+class Narrator:
+    """Prints what the daemon does while a fault runs (its edges, probe failures, deliveries)."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.current: list[FaultRun] = []
+
+    def on_edge(self, edge: IncidentEdge) -> None:
+        if not self.current:
             return
-        run = current[-1]
-        inc = edge.incident
+        run, inc, t0 = self.current[-1], edge.incident, self.t0
         if edge.event == EventKind.OPENED:
             run.incident_ids.add(inc.id)
             if run.detected_at is None:
@@ -180,16 +189,64 @@ async def run_demo(fast: bool = False) -> int:
         elif edge.event == EventKind.RESOLVED:
             say(t0, f"RESOLVED         {inc.kind} #{inc.id}")
 
-    def on_probe_failure(target: str, r: Any) -> None:
-        if current:
-            say(t0, f"PROBE FAILED     {r.probe}: {r.summary}")
+    def on_probe_failure(self, target: str, r: Any) -> None:
+        if self.current:
+            say(self.t0, f"PROBE FAILED     {r.probe}: {r.summary}")
 
-    def on_delivered(row: Any, d: Any) -> None:
-        say(t0, f"NOTIFIED         {row.receiver}: {row.event} of incident #{row.incident_id} → {d.outcome.value}"
-                f" ({d.reason})")
+    def on_delivered(self, row: Any, d: Any) -> None:
+        say(self.t0, f"NOTIFIED         {row.receiver}: {row.event} of incident #{row.incident_id} → "
+                     f"{d.outcome.value} ({d.reason})")
 
-    daemon = Daemon(cfg, ps, on_edge=on_edge, on_probe_failure=on_probe_failure, on_delivered=on_delivered)
+
+async def inject(daemon: Any, work: Path, fault: dict[str, Any] | None) -> None:
+    if fault is None:
+        st = await daemon.targets["demo-vllm"].runtime.state()
+        if st.pid:
+            os.kill(st.pid, signal.SIGKILL)
+    else:
+        (work / "fault.json").write_text(json.dumps(fault))
+
+
+async def run_faults(daemon: Any, work: Path, receiver: Receiver, n: Narrator) -> list[FaultRun]:
+    """Each fault of the scenario, one by one: inject, wait until healed, clear the fault."""
     runs: list[FaultRun] = []
+    t0 = n.t0
+    for name, desc, fault, until in SCENARIO:
+        run = FaultRun(name, desc, until_action=until)
+        runs.append(run)
+        n.current.append(run)
+        n_before = len(receiver.items)
+        say(t0, f"--- FAULT: {name} — {desc}")
+        run.injected_at = time.monotonic()
+        await inject(daemon, work, fault)
+        healed = await wait_healed(daemon, run, 75)
+        # the fault file is the emulator's persistent state: clear it once healed (the cure itself,
+        # e.g. the lowered GPU_MEMORY_UTILIZATION, stays)
+        (work / "fault.json").write_text(json.dumps({"fault": "none"}))
+        await asyncio.sleep(1.0)
+        run.notifications = len(receiver.items) - n_before
+        if not healed:
+            say(t0, f"FAULT {name} NOT HEALED within 75 s")
+            break
+        say(t0, f"HEALED {name}: detected after {(run.detected_at or 0) - run.injected_at:.1f} s, "
+                f"recovered after {(run.recovered_at or 0) - run.injected_at:.1f} s")
+        await wait_ready(daemon, 20)
+    return runs
+
+
+async def run_demo(fast: bool = False) -> int:
+    work = ROOT / ".demo"
+    prepare(work)
+    receiver = Receiver()
+    await receiver.start()
+    os.environ["DEMO_WEBHOOK_URL"] = f"http://127.0.0.1:{receiver.port}/hook"
+    port, api_port = free_port(), free_port()
+    (work / "watchdog.yaml").write_text(_config(work, port, receiver.port, api_port, fast))
+    cfg, ps = load_all(str(work / "watchdog.yaml"))
+    setup_logging("console", "warning", stream=sys.stdout)
+    t0 = time.monotonic()
+    n = Narrator(t0)
+    daemon = Daemon(cfg, ps, on_edge=n.on_edge, on_probe_failure=n.on_probe_failure, on_delivered=n.on_delivered)
     code = 1
     try:
         await daemon.start()
@@ -199,49 +256,14 @@ async def run_demo(fast: bool = False) -> int:
             say(t0, "the emulator never became ready")
             return 1
         say(t0, "vLLM emulator is ready; injecting faults one by one")
-        scenario: list[tuple[str, str, dict[str, Any] | None, str | None]] = [
-            ("engine_death", "engine dies: /health 503, then the process exits 0 (vLLM #48966)",
-             {"fault": "engine_death", "params": {"exit_after_s": 2.0}}, None),
-            ("cuda_oom (recurring)", "runtime CUDA OOM while gpu_memory_utilization > 0.90: it comes back after "
-             "a plain restart, so the ladder steps GPU_MEMORY_UTILIZATION down",
-             {"fault": "cuda_oom", "params": {"above_gmu": 0.90, "exit_after_s": 1.0}}, "set_config"),
-            ("hung_engine", "engine hangs: /health 200, completions never return", {"fault": "hung_engine"}, None),
-            ("process killed", "SIGKILL of the server process (noticed from the exit, not the next probe)", None,
-             None),
-        ]
-        for name, desc, fault, until in scenario:
-            run = FaultRun(name, desc, until_action=until)
-            runs.append(run)
-            current.append(run)
-            n_before = len(receiver.items)
-            say(t0, f"--- FAULT: {name} — {desc}")
-            run.injected_at = time.monotonic()
-            if fault is None:
-                st = await daemon.targets["demo-vllm"].runtime.state()  # type: ignore[union-attr]
-                if st.pid:
-                    os.kill(st.pid, signal.SIGKILL)
-            else:
-                (work / "fault.json").write_text(json.dumps(fault))
-            healed = await wait_healed(daemon, run, 75)
-            # the fault file is the emulator's persistent state: clear it once healed (the cure itself,
-            # e.g. the lowered GPU_MEMORY_UTILIZATION, stays)
-            (work / "fault.json").write_text(json.dumps({"fault": "none"}))
-            await asyncio.sleep(1.0)
-            run.notifications = len(receiver.items) - n_before
-            if not healed:
-                say(t0, f"FAULT {name} NOT HEALED within 75 s")
-                break
-            say(t0, f"HEALED {name}: detected after {run.detected_at - run.injected_at:.1f} s, "  # type: ignore[operator]
-                    f"recovered after {run.recovered_at - run.injected_at:.1f} s")  # type: ignore[operator]
-            await wait_ready(daemon, 20)
+        runs = await run_faults(daemon, work, receiver, n)
         await asyncio.sleep(1.0)
-        env_now = (work / "vllm.env").read_text()
         print()
         print(summary(runs))
-        print(f"\nvllm.env after the demo:\n{env_now}")
+        print(f"\nvllm.env after the demo:\n{(work / 'vllm.env').read_text()}")
         print(f"notifications received by the webhook: {len(receiver.items)} "
               f"(events: {', '.join(sorted({i.get('event', '?') for i in receiver.items}))})")
-        code = 0 if runs and all(r.healed for r in runs) and len(runs) == len(scenario) else 1
+        code = 0 if runs and all(r.healed for r in runs) and len(runs) == len(SCENARIO) else 1
         print("\nRESULT:", "every fault was healed" if code == 0 else "some fault was NOT healed")
     finally:
         await daemon.stop()
