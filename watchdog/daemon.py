@@ -27,7 +27,8 @@ from watchdog.adapters.sdnotify import SdNotifier, WatchdogPinger
 from watchdog.api import HttpServer, json_response, tls_from
 from watchdog.clock import Clock, SystemClock
 from watchdog.config.models import TargetConfig, WatchdogConfig
-from watchdog.extras import host_extras, target_extras
+from watchdog.extras import close_extras, host_extras, target_extras
+from watchdog.fleetwire import FleetWire
 from watchdog.incidents import IncidentManager
 from watchdog.metrics import WatchdogMetrics
 from watchdog.model import EventKind, Finding, IncidentEdge, IncidentKind, Severity
@@ -121,7 +122,9 @@ class Daemon:
         self.pipeline: NotifyPipeline | None = None
         self.dispatcher: Dispatcher | None = None
         self.sd = SdNotifier()
+        self.fleet: FleetWire | None = None  # the fleet group on etcd (config `fleet:`), from start()
         self._bg: list[asyncio.Task[Any]] = []
+        self.host_checks: list[Extra] = []  # disk, GPU, kernel log…: built at start, closed at stop
         self.started_at = self.clock.time()
         self.views = Views(store=self.store, targets=self.targets, metrics=self.metrics,
                            loop_health=self.loop_healthy, busy=self.busy, dry_run=lambda: self.cfg.remediation.dry_run,
@@ -150,6 +153,8 @@ class Daemon:
             self.pipeline.submit(edge)
         if self.web is not None:
             self.web.poke()  # the open status pages see it now
+        if self.fleet is not None:
+            self.fleet.on_edge(edge)  # the group sees this target's health (local; written by the heartbeat)
         if edge.event in (EventKind.OPENED, EventKind.ESCALATED) and edge.incident.target in self.targets:
             self.kick(edge.incident.target)
 
@@ -273,7 +278,8 @@ class Daemon:
     def _schedule_jobs(self, scheduler: Scheduling) -> None:
         for tw in self.targets.values():
             tw.schedule(scheduler, self.stop_event)
-        for ex in [e for tw in self.targets.values() for e in tw.extras] + host_extras(self.cfg, self.clock):
+        self.host_checks = host_extras(self.cfg, self.clock, self.targets)
+        for ex in [e for tw in self.targets.values() for e in tw.extras] + self.host_checks:
             scheduler.add(ex.name or f"{ex.probe.target}:{ex.probe.name}",
                           functools.partial(run_extra, ex, self, self.clock), ex.period_s, ex.timeout_s)
         scheduler.add("remediation", self._remediation_tick, 1.0, 30, delay=1.0)
@@ -305,6 +311,7 @@ class Daemon:
             port = await self.http_server.start()
             (self.cfg.state_dir / "http.port").write_text(f"{port}\n")  # for the CLI when port is 0
             log.info("http endpoint", url=f"{self.http_server.scheme}://{h.listen}:{port}", writes=token is not None)
+        self.fleet = await FleetWire.start(self.cfg.fleet, self) if self.cfg.fleet is not None else None
         resumed = self.remediator.resume()
         if resumed:
             log.info("resumed unfinished remediations", attempts=[a.id for a in resumed])
@@ -351,7 +358,9 @@ class Daemon:
         tasks = [t for tw in self.targets.values() for t in tw.tasks]
         for t in tasks:
             t.cancel()
-        await self.remediator.close()
+        await self.remediator.close()  # cancelled remediations give their fleet slots back first
+        if self.fleet is not None:
+            await self.fleet.close()
         if self.dispatcher is not None:
             self.dispatcher.wake.set()
             with contextlib.suppress(Exception):
@@ -360,6 +369,7 @@ class Daemon:
         for t in self._bg:
             t.cancel()
         await asyncio.gather(*self._bg, *tasks, return_exceptions=True)
+        await close_extras(self.host_checks)  # the kernel log reader task, the NVML event thread
         if self.http_server is not None:
             await self.http_server.close()
         await self._close_clients()

@@ -87,6 +87,8 @@ class IncidentKind(StrEnum):
     WATCHDOG_STATE_UNWRITABLE = "watchdog_state_unwritable"  # the state database cannot be written
     OPERATOR_STOPPED = "operator_stopped"  # stopped by someone else than the watchdog: told, never restarted
     SATURATED = "saturated"  # canary times out while tokens move: busy, not hung (SLA family, never restarted)
+    FLEET_BREAKER_OPEN = "fleet_breaker_open"  # too much of the fleet group unhealthy: disruptive steps stop (P0)
+    FLEET_COORDINATION_LOST = "fleet_coordination_lost"  # etcd gives this host no quorum answer (P1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +294,18 @@ class ActionResult:
     @property
     def ok(self) -> bool:
         return self.outcome in (ActionOutcome.OK, ActionOutcome.DRY_RUN)
+
+
+@dataclass(frozen=True, slots=True)
+class GateDenial:
+    """A disruption gate (the fleet budget) said no: the step waits. `reason` is a remediation Reason value
+    (FLEET_BUDGET, FLEET_BREAKER_OPEN, FLEET_UNREACHABLE); `detail` names who holds the slots."""
+
+    reason: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.detail or self.reason
 
 
 class RunState(StrEnum):

@@ -14,6 +14,7 @@ from watchdog.model import (
     ActionResult,
     Delivery,
     Finding,
+    GateDenial,
     Incident,
     IncidentEdge,
     LogLine,
@@ -105,4 +106,20 @@ class IncidentLedger(Protocol):
     ) -> list[IncidentEdge]: ...
 
 
-__all__ = ["Detector", "Finding", "IncidentLedger", "Notifier", "Probe", "Runtime"]
+class DisruptionHold(Protocol):
+    """Permission to disrupt one target (a fleet slot), kept while the step and its verification run."""
+
+    async def release(self) -> None:
+        """Give it back (idempotent; never raises)."""
+        ...
+
+
+class DisruptionGate(Protocol):
+    """Asked by remediation before a disruptive step (implemented by the composition root on the fleet
+    budget). One try, bounded, never waits for a slot: a hold, or a denial the step waits on."""
+
+    async def acquire(self, target: str, action: str, incident_id: int | None) -> DisruptionHold | GateDenial: ...
+
+
+__all__ = ["Detector", "DisruptionGate", "DisruptionHold", "Finding", "IncidentLedger", "Notifier", "Probe",
+           "Runtime"]

@@ -115,6 +115,13 @@ KIND_DOCS: dict[IncidentKind, KindDoc] = {
                                 "Nothing, if intended: the watchdog does not restart it. Start it to resolve."),
     K.SATURATED: KindDoc("P2", "health detector: the canary times out while the queue is full (busy, not hung)",
                          "Capacity, not a fault: scale out or shed load."),
+    K.FLEET_BREAKER_OPEN: KindDoc("P0", "fleet coordinator: more than fleet.breaker_percent of the group's targets "
+                                  "are unhealthy (one incident for the whole group, target fleet:GROUP)",
+                                  "A correlated fault: look for the shared cause (config rollout, driver, "
+                                  "traffic). No host restarts anything until the share drops."),
+    K.FLEET_COORDINATION_LOST: KindDoc("P1", "fleet coordinator: etcd gives this host no quorum answer",
+                                       "Check etcd (`etcdctl endpoint health --cluster`). fail_closed: "
+                                       "disruptive steps wait; fail_open: this host acts without a slot."),
 }
 
 __all__ = ["KIND_DOCS", "KindDoc"]

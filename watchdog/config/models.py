@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from watchdog.config.base import Strict
 from watchdog.config.detectors import TargetDetectors
+from watchdog.config.fleet import FleetSettings
 from watchdog.config.host import HostConfig
 from watchdog.config.receivers import ReceiverSettings
 from watchdog.config.routes import RouteSettings
@@ -267,6 +268,8 @@ class WatchdogConfig(Strict):
     remediation: RemediationConfig = Field(default_factory=RemediationConfig, description="Policies and dry run")
     host: HostConfig = Field(default_factory=HostConfig, description="Checks of the host: disk, memory, GPUs, "
                              "certificate files")
+    fleet: FleetSettings | None = Field(None, description="A fleet group on etcd: one disruption budget, one "
+                                        "breaker and one view across the hosts of a model (docs/fleet.md)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> WatchdogConfig:

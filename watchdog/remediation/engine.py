@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,14 @@ from watchdog.model import (
     ActionOutcome,
     ActionResult,
     EventKind,
+    GateDenial,
     Incident,
     IncidentEdge,
     IncidentKind,
     RuntimeState,
     Severity,
 )
-from watchdog.protocols import IncidentLedger
+from watchdog.protocols import DisruptionGate, DisruptionHold, IncidentLedger
 from watchdog.remediation import ladder as L
 from watchdog.remediation import policy as P
 from watchdog.remediation import verify as V
@@ -78,6 +79,7 @@ class Remediator:
         resolve_secret: Callable[[str | None, Path | None, str], str | None] | None = None,
         held_kinds: Callable[[str], Collection[str]] | None = None,
         runtime_restart_grace_s: float = 30.0,
+        gate: DisruptionGate | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -96,6 +98,9 @@ class Remediator:
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._acting: set[str] = set()  # targets whose action (not its verification) is running now
         self._last_verdict: dict[int, str] = {}
+        # asked before a disruptive step (the fleet's disruption budget); None: act alone, as always
+        self.gate = gate
+        self._gating: set[str] = set()  # targets whose disruptive step waits for the gate's answer now
 
     # ------------------------------------------------------------------ queries
     def acting(self, target: str) -> bool:
@@ -105,7 +110,7 @@ class Remediator:
 
     def busy(self, target: str) -> bool:
         t = self._busy.get(target)
-        return t is not None and not t.done()
+        return target in self._gating or (t is not None and not t.done())
 
     def ladder_step(self, policy: P.Policy, inc: Incident) -> int:
         """The index of the step the incident's ladder is at (after any carry-over)."""
@@ -221,16 +226,32 @@ class Remediator:
                     False, Reason.SUPERSEDED, f"incident #{hi.id} ({hi.kind}, policy '{hp.name}', priority "
                     f"{hp.priority}) is the one acted on for this target")), now)
                 continue
-            d = self.decision(inc, now, st)
+            hold, d = await self._gate(policy, inc, self.decision(inc, now, st))
             self._record(inc, d, now)
-            v = await self._act(policy, inc, d, now)
+            v = await self._act(policy, inc, d, now, hold)
             first = first or v
             if v.reason not in _FALL_THROUGH:
                 holder = (policy, inc)
                 first = v
         return first
 
-    async def _act(self, policy: P.Policy, inc: Incident, d: Decision, now: float) -> Verdict:
+    async def _gate(self, policy: P.Policy, inc: Incident, d: Decision) -> tuple[DisruptionHold | None, Decision]:
+        """Ask the gate (the fleet's disruption budget) before a disruptive step really runs; a denial is the
+        verdict (no attempt: the next tick asks again). Dry runs, notify and escalate never ask."""
+        if self.gate is None or d.verdict.reason != Reason.ALLOWED or not policy.steps[d.index].disruptive:
+            return None, d
+        self._gating.add(inc.target)
+        try:
+            out = await self.gate.acquire(inc.target, policy.steps[d.index].action_name, inc.id)
+        finally:
+            self._gating.discard(inc.target)
+        if isinstance(out, GateDenial):
+            why = Reason(out.reason) if out.reason in Reason.__members__ else Reason.FLEET_UNREACHABLE
+            return None, replace(d, verdict=Verdict(False, why, str(out)))
+        return out, d
+
+    async def _act(self, policy: P.Policy, inc: Incident, d: Decision, now: float,
+                   hold: DisruptionHold | None = None) -> Verdict:
         v = d.verdict
         if v.reason == Reason.LADDER_EXHAUSTED and policy.steps and not policy.steps[-1].touches_target \
                 and policy.steps[-1].action_name == "notify":
@@ -247,7 +268,7 @@ class Remediator:
         attempt_id = self.store.start_attempt(target=inc.target, incident_id=inc.id, policy=policy.name,
                                               step=d.index, action=step.action_name, now=now)
         self._busy[inc.target] = asyncio.create_task(
-            self._run(inc, policy, d.index, attempt_id, "started", {}), name=f"remediate:{inc.target}"
+            self._run(inc, policy, d.index, attempt_id, "started", {}, hold=hold), name=f"remediate:{inc.target}"
         )
         return v
 
@@ -311,7 +332,7 @@ class Remediator:
 
     # ------------------------------------------------------------------ running
     async def _run(self, inc: Incident, policy: P.Policy, idx: int, attempt_id: int, phase: str,
-                   details: Mapping[str, Any], *, resumed: bool = False) -> None:
+                   details: Mapping[str, Any], *, resumed: bool = False, hold: DisruptionHold | None = None) -> None:
         step = policy.steps[idx]
         handle = self.targets.get(inc.target)
         started = self.clock.time()
@@ -338,6 +359,9 @@ class Remediator:
         except Exception as e:  # never let an action crash the daemon
             log.exception("remediation crashed", target=inc.target, action=step.action)
             self._finish(inc, attempt_id, base, "error", f"{e.__class__.__name__}: {str(e)[:200]}", {})
+        finally:
+            if hold is not None:  # the fleet slot: given back after the action and its verification
+                await hold.release()
 
     def _escalate_step(self, inc: Incident, step: P.EscalateStep, attempt_id: int, base: Mapping[str, Any],
                        now: float) -> None:

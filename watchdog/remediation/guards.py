@@ -33,6 +33,9 @@ class Reason(StrEnum):
     SUPERSEDED = "SUPERSEDED"  # another open incident of the target (higher priority) is the one acted on
     RECOVERED = "RECOVERED"  # the last action was verified ready and nothing failed since: wait, do not act
     WAITING_FOR_RUNTIME = "WAITING_FOR_RUNTIME"  # its runtime restarts it itself: give that a grace first
+    FLEET_BUDGET = "FLEET_BUDGET"  # the fleet group's disruption slots are all held by other hosts: wait
+    FLEET_BREAKER_OPEN = "FLEET_BREAKER_OPEN"  # too much of the fleet group is unhealthy: no disruptive step
+    FLEET_UNREACHABLE = "FLEET_UNREACHABLE"  # etcd gives no quorum answer and the mode is fail_closed: wait
 
 
 @dataclass(frozen=True, slots=True)
