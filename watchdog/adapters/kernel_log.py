@@ -25,33 +25,10 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from watchdog.adapters.systemd import parse_journal_json
+from watchdog.config.host import KernelLogSettings  # `host.kernel_log`: config owns it, re-exported here
 from watchdog.model import LogLine
-
-Source = Literal["auto", "journal", "kmsg", "file"]
-
-
-class KernelLogSettings(BaseModel):
-    """`host.kernel_log` in the watchdog config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(False, description="Read the host kernel log (NVIDIA Xid lines)")
-    source: Source = Field("auto", description="auto: journald if present, else /dev/kmsg, else `path`")
-    path: Path = Field(Path("/var/log/kern.log"), description="Kernel log file (source: file, or auto's last resort)")
-    journalctl: str = Field("journalctl", description="journalctl binary")
-    kmsg_path: Path = Field(Path("/dev/kmsg"), description="Kernel ring buffer device")
-    backlog_lines: int = Field(200, ge=0, le=100_000, description="Lines of history read at the first start")
-    max_line_chars: int = Field(4096, ge=80, description="Longer lines are cut")
-    queue_max: int = Field(10_000, ge=10, description="Lines kept between two drain() calls; the oldest are dropped")
-    reconnect_s: float = Field(2.0, gt=0, description="First back-off after a source fails (doubles each time)")
-    reconnect_max_s: float = Field(60.0, gt=0)
-    poll_s: float = Field(1.0, gt=0, description="How often a followed file is checked for new lines")
-
 
 _KMSG = re.compile(r"^(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;(?P<msg>.*)$")
 
@@ -119,6 +96,18 @@ class KernelLogWatcher:
         if os.access(s.kmsg_path, os.R_OK):
             return "kmsg"
         return "file"
+
+    def unreadable(self) -> str | None:
+        """Why the source `resolve_source()` picks cannot be read on this host, or None when it can."""
+        s = self.settings
+        src = self.resolve_source()
+        if src == "journal":
+            return None if self._which(s.journalctl) else f"journal: {s.journalctl} not found"
+        path = s.kmsg_path if src == "kmsg" else s.path
+        if os.access(path, os.R_OK):
+            return None
+        why = "no journald, /dev/kmsg not readable, " if s.source == "auto" else ""
+        return f"{why}{path} {'missing' if not path.exists() else 'not readable'}"
 
     async def lines(self) -> AsyncGenerator[LogLine, None]:
         """Kernel lines forever; a failing source is reopened after a back-off. Cancel to stop."""

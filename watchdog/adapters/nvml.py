@@ -115,6 +115,10 @@ class NvmlBackend(Protocol):
     def driver_version(self) -> str: ...
     def device_count(self) -> int: ...
     def uuid(self, index: int) -> str: ...
+    def pci_bus_id(self, index: int) -> str:
+        """The device's PCI bus id as NVML spells it (`00000000:3B:00.0`): what kernel Xid lines name."""
+        ...
+
     def name(self, index: int) -> str: ...
     def memory(self, index: int) -> GpuMemory: ...
     def utilization(self, index: int) -> int:
@@ -239,6 +243,11 @@ class RealNvml:
     def uuid(self, index: int) -> str:
         h = self._handle(index)
         return str(self._call("nvmlDeviceGetUUID", self._n.nvmlDeviceGetUUID, h))
+
+    def pci_bus_id(self, index: int) -> str:
+        h = self._handle(index)
+        bus = self._call("nvmlDeviceGetPciInfo", self._n.nvmlDeviceGetPciInfo, h).busId
+        return bus.decode("ascii", "replace") if isinstance(bus, bytes) else str(bus)
 
     def name(self, index: int) -> str:
         h = self._handle(index)

@@ -1,15 +1,16 @@
-"""Settings of the host checks: `host.{disk,memory,gpu,tls}` (and the per-target served certificate).
+"""Settings of the host checks: `host.{disk,memory,gpu,tls,kernel_log}` (and the per-target served certificate).
 Stage: config edge.
 
-Read by the host probes (`watchdog.probes.disk`, `.host`, `.gpu`, `.tls`) and their detectors in
-`watchdog.detectors.host`; `watchdog.extras` schedules each at its `period_s` and skips it when
-`enabled: false`. This module must never import a stage: the probes import their settings from here.
+Read by the host probes (`watchdog.probes.disk`, `.host`, `.gpu`, `.tls`, `.kernel_log`), the kernel log
+reader (`watchdog.adapters.kernel_log`) and their detectors in `watchdog.detectors`; `watchdog.extras`
+schedules each at its `period_s` and skips it when `enabled: false`. This module must never import a
+stage: the probes (and the kernel log adapter) import their settings from here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -200,6 +201,31 @@ class TlsSettings(Strict):
     max_file_bytes: int = Field(1 << 20, gt=0, description="Larger files are reported, not read")
 
 
+class KernelLogSettings(Strict):
+    """`host.kernel_log` in watchdog.yaml: the host kernel log (NVIDIA Xid lines), read host-wide and mapped to
+    the targets using each GPU."""
+
+    enabled: bool = Field(True, description="Read the host kernel log (NVIDIA Xid lines); without a readable "
+                          "source the check says why (WARN), it is never an error")
+    source: Literal["auto", "journal", "kmsg", "file"] = Field(
+        "auto", description="auto: journald if present, else /dev/kmsg, else `path` when readable",
+        examples=["journal"])
+    path: Path = Field(Path("/var/log/kern.log"), description="Kernel log file (source: file, or auto's last resort)")
+    journalctl: str = Field("journalctl", description="journalctl binary")
+    kmsg_path: Path = Field(Path("/dev/kmsg"), description="Kernel ring buffer device")
+    backlog_lines: int = Field(200, ge=0, le=100_000, description="Lines of history read at the first start")
+    max_line_chars: int = Field(4096, ge=80, description="Longer lines are cut")
+    queue_max: int = Field(10_000, ge=10, description="Lines kept between two checks; the oldest are dropped")
+    reconnect_s: float = Field(2.0, gt=0, description="First back-off after a source fails (doubles each time)")
+    reconnect_max_s: float = Field(60.0, gt=0, description="Cap of the back-off")
+    poll_s: float = Field(1.0, gt=0, description="How often a followed file is checked for new lines")
+    period_s: float = Field(2.0, gt=0, description="Seconds between two reads of the buffered lines")
+    max_lines_per_check: int = Field(5000, ge=1, description="Lines judged per check (the rest wait)")
+    gpu_refresh_s: float = Field(300.0, gt=0, description="How often the GPU bus ids (NVML) and the targets' "
+                                 "visible devices are read again")
+    repeat_s: float = Field(300.0, ge=0, description="One finding per (target, GPU, Xid) in this window")
+
+
 class HostConfig(Strict):
     """`host`: checks of the machine itself, shared by every target."""
 
@@ -210,6 +236,8 @@ class HostConfig(Strict):
                              "temperature, ECC, Xid events, device count")
     tls: TlsSettings = Field(default_factory=TlsSettings, description="Certificate and key files on disk "
                              "(cert_dir, cert_files); checked only when one of them is set")
+    kernel_log: KernelLogSettings = Field(default_factory=KernelLogSettings, description="Kernel log (journald, "
+                                          "/dev/kmsg or a file): NVIDIA Xid lines → incidents of the GPU's targets")
 
 
 __all__ = [
@@ -222,5 +250,6 @@ __all__ = [
     "GpuSettings",
     "HostConfig",
     "HostMemorySettings",
+    "KernelLogSettings",
     "TlsSettings",
 ]

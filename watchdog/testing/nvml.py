@@ -12,6 +12,7 @@ never touch a real device.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ GiB = 1024**3
 
 FIELDS = (
     "uuid",
+    "pci_bus_id",
     "name",
     "memory",
     "utilization",
@@ -64,6 +66,7 @@ class FakeGpu:
     unsupported: set[str] = field(default_factory=set)  # names from FIELDS that raise FieldNotSupported
     lost: bool = False  # every call on this device raises GpuLost
     supported_events: int = CRITICAL_EVENT_MASK
+    pci_bus_id: str = ""  # NVML's spelling, e.g. "00000000:3B:00.0"; "" → one derived from its position
 
 
 class FakeNvml:
@@ -77,6 +80,8 @@ class FakeNvml:
         driver: str = "570.00.fake",
     ) -> None:
         self.gpus: list[FakeGpu] = list(gpus) if gpus is not None else [FakeGpu("GPU-fake-0000")]
+        for i, g in enumerate(self.gpus):
+            g.pci_bus_id = g.pci_bus_id or f"00000000:{i + 1:02X}:00.0"
         self.unavailable = unavailable
         self.driver = driver
         self.all_lost = False  # nvmlDeviceGetCount itself says GPU is lost
@@ -165,6 +170,9 @@ class FakeNvml:
 
     def uuid(self, index: int) -> str:
         return self._gpu(index, "uuid").uuid
+
+    def pci_bus_id(self, index: int) -> str:
+        return self._gpu(index, "pci_bus_id").pci_bus_id
 
     def name(self, index: int) -> str:
         return self._gpu(index, "name").name
@@ -284,6 +292,9 @@ def check_backend_contract(backend: NvmlBackend, *, wait_ms: int = 50) -> dict[s
 def _check_field(fld: str, v: object) -> None:
     if fld in ("uuid", "name"):
         assert isinstance(v, str) and v, f"{fld} must be a non-empty str, got {v!r}"
+    elif fld == "pci_bus_id":
+        assert isinstance(v, str) and re.fullmatch(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]", v), (
+            f"pci_bus_id must be domain:bus:device.function, got {v!r}")
     elif fld == "memory":
         assert isinstance(v, GpuMemory), f"memory must be GpuMemory, got {v!r}"
         assert 0 <= v.used <= v.total and v.total > 0, f"memory used/total out of range: {v!r}"
