@@ -8,6 +8,7 @@ breaker is off (`breaker_percent: 100`) so that the budget alone decides. Waits 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -114,7 +115,7 @@ async def test_correlated_fault_heals_one_replica_at_a_time(etcd_cluster: LocalE
         for p in procs:
             p.start()
         for port in ports:
-            await until(lambda port=port: _health(port), limit_s=30, what="emulators up", why=why)
+            await until(functools.partial(_health, port), limit_s=30, what="emulators up", why=why)
         await until(group_healthy, limit_s=20, every=0.2, what="three healthy members in the group", why=why)
 
         for p in procs:  # the correlated fault: every replica's emulator exits, all at once

@@ -4,6 +4,7 @@ verification, and notify steps and dry runs never ask."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from scenarios.test_remediation import World
@@ -108,3 +109,22 @@ async def test_notify_steps_and_dry_runs_never_ask_the_gate(tmp_path: Path) -> N
     d.open("gpu_oom")
     v = await d.rem.evaluate("vllm")
     assert v is not None and v.reason == Reason.DRY_RUN and dgate.asked == []
+
+
+async def test_a_resumed_disruptive_attempt_waits_for_a_slot(tmp_path: Path) -> None:
+    """After a daemon restart, an attempt left before its action asks for a slot again (the old one died
+    with the old process) and runs only once granted; the slot is released after verifying."""
+    w = World(tmp_path)
+    gate = Gate(w)
+    w.rem.gate = gate
+    inc = w.open("service_down", sev=Severity.P1)
+    w.store.start_attempt(target="vllm", incident_id=inc, policy="down", step=0, action="restart", now=w.clock.time())
+    gate.deny = GateDenial("FLEET_BUDGET", "FLEET_BUDGET: held")
+    assert [a.incident_id for a in w.rem.resume()] == [inc]
+    for _ in range(5):
+        await asyncio.sleep(0.005)
+        w.clock.advance(1.0)
+    assert w.runtime.action_names == [] and w.rem.busy("vllm") and len(gate.asked) >= 2
+    gate.deny = None
+    await w.settle()
+    assert w.runtime.action_names == ["restart"] and gate.released == 1

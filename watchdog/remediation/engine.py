@@ -348,6 +348,12 @@ class Remediator:
                 self.store.finish_attempt(attempt_id, outcome="error", reason="target unknown to the daemon",
                                           now=started)
                 return
+            while resumed and phase == "started" and hold is None and self.gate is not None and step.disruptive:
+                out = await self.gate.acquire(inc.target, step.action_name, inc.id)  # our old slot died with us
+                if isinstance(out, GateDenial):
+                    await self.clock.sleep(1.0)
+                else:
+                    hold = out
             if phase == "started":
                 self.emit(IncidentEdge(EventKind.REMEDIATION_STARTED, inc, base))
             stop_s = policy.stop_timeout_s
