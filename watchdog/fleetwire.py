@@ -38,6 +38,8 @@ class FleetWire:
     def __init__(self, settings: FleetSettings, daemon: Daemon) -> None:
         e = settings.etcd
         self.daemon = daemon
+        self.settings = settings
+        self._denied: dict[str, tuple[float, GateDenial]] = {}  # target → (monotonic, last denial): retry_s
         self.kv = EtcdKV(e.endpoints, ca_file=_path(e.ca_file), cert_file=_path(e.cert_file),
                          key_file=_path(e.key_file), timeout_s=e.timeout_s)
         self.coordinator = FleetCoordinator(settings, self.kv, clock=daemon.clock,
@@ -63,6 +65,20 @@ class FleetWire:
 
     # ------------------------------------------------------------------ DisruptionGate
     async def acquire(self, target: str, action: str, incident_id: int | None) -> DisruptionHold | GateDenial:
+        """One bounded try. A step denied less than `retry_s` ago gets that denial again without asking etcd
+        (denials are remembered, never grants); remediation asks at its 1 s tick and on new incident edges."""
+        now = self.daemon.clock.monotonic()
+        last = self._denied.get(target)
+        if last is not None and now - last[0] < self.settings.retry_s - 0.1:  # slack: a 1 s tick is not skipped
+            return last[1]
+        out = await self._ask(target, action, incident_id)
+        if isinstance(out, GateDenial):
+            self._denied[target] = (now, out)
+        else:
+            self._denied.pop(target, None)
+        return out
+
+    async def _ask(self, target: str, action: str, incident_id: int | None) -> DisruptionHold | GateDenial:
         try:
             out = await self.coordinator.budget.acquire(target, action, incident_id)
         except Exception as e:  # never let the gate crash remediation: no answer is no slot
