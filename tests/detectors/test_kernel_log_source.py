@@ -31,6 +31,21 @@ def fast(**kw: object) -> KernelLogSettings:
                                              "poll_s": 0.01, **kw})
 
 
+async def test_first_open_skips_history_by_default(tmp_path: Path) -> None:
+    """With the default backlog of 0, lines already in the log at the first open are not read again (an old
+    Xid is not re-reported at every watchdog restart); lines appended afterwards are."""
+    log = tmp_path / "kern.log"
+    log.write_text(f"{XID79} (old)\n")
+    w = KernelLogWatcher(fast(source="file", path=log))
+    it = w.lines()
+    task = asyncio.ensure_future(take(it, 1))
+    await asyncio.sleep(0.1)
+    with log.open("a") as fh:
+        fh.write(f"{XID79} (new)\n")
+    assert await task == [f"{XID79} (new)"]
+    await it.aclose()
+
+
 def test_kmsg_record() -> None:
     """A /dev/kmsg record gives its sequence number, message and (with the boot time) its wall time."""
     rec = parse_kmsg_record(f"4,1502,1200100000,-;{XID79}\n SUBSYSTEM=pci\n DEVICE=+pci:0000:3b:00.0\n", 1000.0)
@@ -69,7 +84,7 @@ async def test_missing_source_never_raises_and_reconnects(tmp_path: Path) -> Non
     """A file that does not exist yet is an error to report and retry, not an exception; it is read once it
     appears."""
     log = tmp_path / "kern.log"
-    w = KernelLogWatcher(fast(source="file", path=log))
+    w = KernelLogWatcher(fast(source="file", path=log, backlog_lines=200))  # the line is there at first open
     it = w.lines()
     task = asyncio.ensure_future(take(it, 1))
     await asyncio.sleep(0.1)
@@ -159,7 +174,7 @@ async def test_real_dev_kmsg_when_readable() -> None:
     """On a host whose /dev/kmsg is readable, the kmsg source reads its records with boot-based wall times."""
     if not os.access("/dev/kmsg", os.R_OK):
         pytest.skip("/dev/kmsg is not readable here")
-    w = KernelLogWatcher(fast(source="kmsg"))
+    w = KernelLogWatcher(fast(source="kmsg", backlog_lines=200))  # read history: nothing new may be logged
     it = w.lines()
     async with asyncio.timeout(5):
         first = await anext(it)

@@ -169,6 +169,9 @@ class KernelLogWatcher:
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         boot_wall = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
+        if self.kmsg_seq is None and self.settings.backlog_lines == 0:
+            with contextlib.suppress(OSError):
+                os.lseek(fd, 0, os.SEEK_END)  # first open: only records logged from now on
         try:
             loop.add_reader(fd, ready.set)
             while True:

@@ -213,7 +213,9 @@ class KernelLogSettings(Strict):
     path: Path = Field(Path("/var/log/kern.log"), description="Kernel log file (source: file, or auto's last resort)")
     journalctl: str = Field("journalctl", description="journalctl binary")
     kmsg_path: Path = Field(Path("/dev/kmsg"), description="Kernel ring buffer device")
-    backlog_lines: int = Field(200, ge=0, le=100_000, description="Lines of history read at the first start")
+    backlog_lines: int = Field(0, ge=0, le=100_000, description="Lines of history read at the first start "
+                               "(0: only lines logged from then on, so an old Xid is not reported again at every "
+                               "watchdog restart; reconnects resume from the journal cursor either way)")
     max_line_chars: int = Field(4096, ge=80, description="Longer lines are cut")
     queue_max: int = Field(10_000, ge=10, description="Lines kept between two checks; the oldest are dropped")
     reconnect_s: float = Field(2.0, gt=0, description="First back-off after a source fails (doubles each time)")
