@@ -26,12 +26,14 @@ EmulatorFactory = Callable[..., Emulator]
 
 @pytest.fixture
 def emulators(docker_client: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EmulatorFactory]:
-    """`emulators(env=…, mem_limit=…, client=…)` starts an emulator container named `wdit-<test>-<rand>` on a
-    free loopback port; every container made here (and any twin set aside by a recreate) is removed after."""
+    """`emulators(env=…, mem_limit=…, client=…, restart_policy=…)` starts an emulator container named
+    `wdit-<test>-<rand>` on a free loopback port (`restart_policy`: Docker's own, e.g. "on-failure"); every
+    container made here (and any twin set aside by a recreate) is removed after."""
     made: list[tuple[Any, str]] = []
 
     def make(*, env: dict[str, str] | None = None, mem_limit: str | None = None, client: Any = None,
-             startup_delay: float = 0.3, fault: dict[str, Any] | None = None) -> Emulator:
+             startup_delay: float = 0.3, fault: dict[str, Any] | None = None,
+             restart_policy: str | None = None) -> Emulator:
         c = client or docker_client
         tag = request.node.name.removeprefix("test_")[:24].replace("_", "-")
         name = unique(tag)
@@ -41,7 +43,8 @@ def emulators(docker_client: Any, tmp_path: Path, request: pytest.FixtureRequest
         emu = Emulator(c, name, free_port(), ctl)
         emu.fault(**(fault or {"name": "none"}))
         made.append((c, name))
-        run_emulator(c, name, port=emu.port, ctl=ctl, env=env, mem_limit=mem_limit, startup_delay=startup_delay)
+        run_emulator(c, name, port=emu.port, ctl=ctl, env=env, mem_limit=mem_limit, startup_delay=startup_delay,
+                     restart_policy=restart_policy)
         return emu
 
     yield make

@@ -120,9 +120,11 @@ class Emulator:
 
 
 def run_emulator(client: Any, name: str, *, port: int, ctl: Path, env: dict[str, str] | None = None,
-                 mem_limit: str | None = None, startup_delay: float = 0.3, start: bool = True) -> Any:
+                 mem_limit: str | None = None, startup_delay: float = 0.3, start: bool = True,
+                 restart_policy: str | None = None) -> Any:
     """Create (and start) an emulator container: `python3 -u -m watchdog.emulator` in /app on the host runtime;
-    its vLLM settings come from the container's env, as with vLLM's own image and an env_file."""
+    its vLLM settings come from the container's env, as with vLLM's own image and an env_file.
+    `restart_policy` is Docker's own (`on-failure`, `unless-stopped`, …): `docker run --restart`."""
     cmd = [PY, "-u", "-m", "watchdog.emulator", "--host", "127.0.0.1", "--port", str(port), "--model", MODEL,
            "--control-file", "/ctl/fault.json", "--startup-delay", str(startup_delay)]
     kw: dict[str, Any] = {
@@ -132,6 +134,8 @@ def run_emulator(client: Any, name: str, *, port: int, ctl: Path, env: dict[str,
     }
     if mem_limit:
         kw.update(mem_limit=mem_limit, memswap_limit=mem_limit)
+    if restart_policy:
+        kw["restart_policy"] = {"Name": restart_policy}
     if start:
         return client.containers.run(IMAGE, cmd, **kw)
     return client.containers.create(IMAGE, cmd, **kw)
@@ -152,7 +156,9 @@ PROBES = """
 def watchdog_yaml(work: Path, *, base_url: str, container: str, hook_port: int, api_port: int,
                   docker_host: str | None = None, env_file: Path | None = None, known_good_soak_s: float = 300,
                   crash_loop_exits: int = 10, state_dir: Path | str | None = None,
-                  policy_file: Path | str | None = None) -> str:
+                  policy_file: Path | str | None = None, probes: str | None = None) -> str:
+    """The daemon's config; `probes` replaces the short-period PROBES block (same indentation) and
+    `policy_file` the test's own policies.yaml (e.g. the shipped policies/default.yaml)."""
     dh = f", docker_host: '{docker_host}'" if docker_host else ""
     files = f"""
     config_files:
@@ -170,7 +176,7 @@ targets:
     runtime: {{type: docker, container: {container}, stop_timeout_s: 2, api_timeout_s: 10{dh}}}{files}
     known_good_soak_s: {known_good_soak_s}
     crash_loop_exits: {crash_loop_exits}
-    crash_loop_window_s: 600{PROBES}
+    crash_loop_window_s: 600{probes or PROBES}
 notify:
   group_wait_s: 0.2
   receivers:
@@ -188,6 +194,8 @@ class Watch:
     docker_host: str | None = None
     env_file: Path | None = None
     known_good_soak_s: float = 300
+    policy_file: Path | None = None  # instead of `policies` (e.g. the shipped policies/default.yaml)
+    probes: str | None = None  # instead of dockit.PROBES (e.g. to enable the metrics scrape)
     daemon: Any = None
     receiver: Any = None
     config_path: Path | None = None
@@ -205,7 +213,7 @@ class Watch:
         self.config_path.write_text(watchdog_yaml(
             self.work, base_url=self.emu.base_url, container=self.emu.name, hook_port=self.receiver.port,
             api_port=free_port(), docker_host=self.docker_host, env_file=self.env_file,
-            known_good_soak_s=self.known_good_soak_s))
+            known_good_soak_s=self.known_good_soak_s, policy_file=self.policy_file, probes=self.probes))
         cfg, ps = load_all(str(self.config_path))
         self.daemon = Daemon(cfg, ps, config_path=self.config_path,
                              on_edge=lambda e: self.edges.append((time.monotonic(), time.time(), e)))
