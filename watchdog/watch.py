@@ -40,6 +40,7 @@ START_KINDS = ("start", "restart")
 STOP_SIGNALS = ("15", "SIGTERM", "2", "SIGINT", "3", "SIGQUIT")
 STOP_ASKED_WINDOW_S = 120.0  # docker stop -t N: the die follows its SIGTERM within N s (then SIGKILL)
 STOP_SETTLE_S = 3.0  # docker reports "stop" right after the "die" of a docker stop
+KILL_WINDOW_S = 120.0  # a die this soon after a kill by hand: the runtime's restart policy will not act
 ENGINE_DOWN_UNDO_S = 15.0  # a "stop" this close before the engine went away was the engine shutting down
 RUNTIME_POLICY_GRACE_S = 30.0  # a runtime that restarts the server itself gets this long before we act
 LOG_READ_TIMEOUT_S = 15.0
@@ -92,6 +93,7 @@ class TargetWatch:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _soaked: float | None = None  # the ready period whose config files were snapshotted as known good
     _operator_stop_at: float | None = None  # when an operator stop was seen (the engine's own stop looks alike)
+    _killed_at: float | None = None  # an unrequested kill event (docker kill, docker stop)
     _stop_asked_at: float | None = None  # an unrequested SIGTERM was seen (docker stop sends one first)
     _pending_exit: RuntimeEvent | None = None  # an exit that may still turn out to be an operator stop
     on_probe_failure: Callable[[str, ProbeResult], None] | None = None
@@ -267,8 +269,10 @@ class TargetWatch:
         now = self.clock.monotonic()
         if ev.attributes.get("requested") == "true" or self.host.acting(self.name):
             return  # our own restart/stop (on_restarted re-arms the probes)
-        if ev.kind == "kill" and ev.attributes.get("signal") in STOP_SIGNALS:
-            self._stop_asked_at = now  # someone asked the server to stop: a die that follows may be a stop
+        if ev.kind == "kill":
+            self._killed_at = now  # docker's restart policy will not undo a kill by hand
+            if ev.attributes.get("signal") in STOP_SIGNALS:
+                self._stop_asked_at = now  # someone asked the server to stop: a die that follows may be a stop
         elif ev.kind == "stop":
             self._operator_stop(f"{self._kind()} stop")
         elif ev.kind in EXIT_KINDS:
@@ -305,11 +309,25 @@ class TargetWatch:
 
     async def _exited(self, ev: RuntimeEvent) -> None:
         """The server exited without the watchdog or an operator: read its last lines (the cause picks the
-        ladder), count it, and look at the target now."""
+        ladder), count it, and look at the target now — at once when its runtime will not restart it."""
         await self.read_logs_quietly()
         self._mark_gone()
-        self.host.apply_findings(self.health.on_runtime_event(ev, self.clock.monotonic()))
+        grace = self.health.runtime_restart_grace_s
+        if grace is not None and not self._runtime_will_restart(ev):
+            self.health.runtime_restart_grace_s = None
+        try:
+            self.host.apply_findings(self.health.on_runtime_event(ev, self.clock.monotonic()))
+        finally:
+            self.health.runtime_restart_grace_s = grace
         self.host.kick(self.name)
+
+    def _runtime_will_restart(self, ev: RuntimeEvent) -> bool:
+        """Docker's restart policy ignores a container killed by hand, and `on-failure` ignores exit 0 (what
+        vLLM does when its engine dies): waiting for the runtime then only keeps the server down."""
+        policy = self.runtime_state.restart_policy if self.runtime_state is not None else None
+        if policy == "on-failure" and ev.exit_code == 0:
+            return False
+        return not (self._killed_at is not None and self.clock.monotonic() - self._killed_at <= KILL_WINDOW_S)
 
     async def _exit_unless_stopped(self, ev: RuntimeEvent) -> None:
         await self.clock.sleep(STOP_SETTLE_S)

@@ -25,6 +25,7 @@ from watchdog.cli import load_all
 from watchdog.config.models import TargetConfig
 from watchdog.daemon import Daemon
 from watchdog.model import EventKind, Incident, Notification, RunState, Severity
+from watchdog.parts import Parts
 from watchdog.scheduler import ClockScheduler
 from watchdog.testing.notify import RecordingNotifier
 from watchdog.testing.sim import WALL0, LoopClock, SimRuntime, SimVllm, TimeTravelLoop
@@ -172,8 +173,9 @@ async def run_simulation(tmp: Path, seed: int) -> Sim:
     def client(t: TargetConfig) -> httpx.AsyncClient:
         return servers[t.name].client()
 
-    d = Daemon(cfg, ps, clock=clock, scheduler_factory=ClockScheduler, client_factory=client,
-               runtime_factory=lambda t: runtimes[t.name], notifier_factory=lambda c, h, k: {"pager": pager})
+    parts = Parts(runtime=lambda t: runtimes[t.name], notifiers=lambda c, h, k: {"pager": pager},
+                  scheduler=ClockScheduler, client=client)
+    d = Daemon(cfg, ps, clock=clock, parts=parts)
     sim = Sim(d, servers, runtimes, pager, {n: Truth() for n in TARGETS})
     for rt in runtimes.values():
         rt.operator_start()  # the servers were running before the watchdog started

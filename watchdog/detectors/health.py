@@ -290,7 +290,8 @@ class HealthDetector:
                 and now - pending[0] >= self.runtime_restart_grace_s:
             self._exit_pending = None
             f = pending[1]
-            out.append(Finding(target=f.target, kind=f.kind, severity=f.severity, evidence=f.evidence,
+            out.append(Finding(target=f.target, kind=f.kind, severity=f.severity,
+                               evidence={**dict(f.evidence), "runtime_grace_over": True},
                                source=f.source, summary=f"{f.summary}; its runtime did not start it again within "
                                f"{self.runtime_restart_grace_s:g} s"))
         return out + self._crash_loop_over(now)

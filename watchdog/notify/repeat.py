@@ -7,9 +7,12 @@ must never send anything itself: the composition root hands the edges to the pip
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from watchdog.config.models import WatchdogConfig
 from watchdog.model import EventKind, IncidentEdge
+from watchdog.notify.pipeline import NotifyPipeline
 from watchdog.store import Store
 
 
@@ -38,3 +41,17 @@ def due_repeats(store: Store, now: float, *, every_s: float, alertmanager: bool,
                 store.put(f"am_resent:{inc.id}", now)
                 out.alertmanager.append(IncidentEdge(EventKind.REPEAT, inc, {"reason": "still open"}))
     return out
+
+
+def send_repeats(store: Store, cfg: WatchdogConfig, now: float, emit: Callable[[IncidentEdge], None],
+                 pipeline: NotifyPipeline | None) -> None:
+    """What is due now, handed on: repeats to `emit` (every receiver that got the opening), Alertmanager
+    keep-alives to the pipeline for the Alertmanager receivers only."""
+    am = {r.name for r in cfg.notify.receivers if r.type == "alertmanager"}
+    due = due_repeats(store, now, every_s=cfg.notify.repeat_interval_s, alertmanager=bool(am) and pipeline is not None,
+                      am_resend_s=cfg.notify.alertmanager_resend_s)
+    for edge in due.repeat:
+        emit(edge)
+    for edge in due.alertmanager:
+        if pipeline is not None:
+            pipeline.resend(edge, am)

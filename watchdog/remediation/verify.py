@@ -62,6 +62,8 @@ def waiting_for_runtime(st: RuntimeState | None, inc: Incident, now: float, grac
     before the watchdog acts (it acts only when the runtime's own policy did not bring the server back)."""
     if st is None or not st.restarts_itself or st.state not in (RunState.EXITED, RunState.RESTARTING):
         return None
+    if inc.evidence.get("runtime_grace_over"):  # the detector already waited for the runtime before opening
+        return None
     left = grace_s - (now - inc.opened_at)
     if left <= 0:
         return None
