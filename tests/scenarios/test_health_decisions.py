@@ -127,6 +127,16 @@ def test_canary_timeout_without_progress_or_metrics_is_a_hang() -> None:
         assert active(up.findings) == [("engine_hung", Severity.P0)]
 
 
+def test_canary_timeout_with_nothing_in_flight_is_a_hang_even_if_tokens_moved() -> None:
+    """Measured by bench_sequence: the scrape window began before the hang, so the watchdog's own earlier
+    canaries counted as progress while nothing was running or waiting; that is a stuck engine, not a busy
+    one: engine_hung P0."""
+    stale = Progress(moving=True, running=0, waiting=0, interval_s=35)
+    h = HealthDetector("vllm", progress=lambda: stale)
+    up = h.on_transition(tr("canary", ProbeState.FAILING, error="timeout"), 0.0)
+    assert active(up.findings) == [("engine_hung", Severity.P0)]
+
+
 def test_stall_detector_feeds_progress_from_its_last_two_scrapes() -> None:
     """StallDetector.progress(): moving when generation tokens rose between the last two scrapes, None
     when the last scrape failed."""

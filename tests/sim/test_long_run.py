@@ -58,6 +58,7 @@ host:
   disk: {{enabled: false}}
   memory: {{enabled: false}}
   gpu: {{enabled: false}}
+  kernel_log: {{enabled: false}}
 notify:
   receivers: [{{name: pager, type: log}}]
 """
@@ -212,6 +213,7 @@ def spurious_crash_loops(sim: Sim, window_s: float, exits: int) -> list[Any]:
     return bad
 
 
+@pytest.mark.timeout(900)
 def test_24_hours_of_faults_with_the_shipped_policies(tmp_path: Path) -> None:
     """24 simulated hours, every fault kind many times, shipped defaults: all healed, nothing spurious."""
     loop = TimeTravelLoop()

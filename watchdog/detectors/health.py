@@ -265,9 +265,11 @@ class HealthDetector:
             ))
 
     def _canary_timeout(self, summary: str) -> Finding:
-        """Hung or busy? Hung when no token moved between the last two scrapes, or /metrics does not answer."""
+        """Hung or busy? Busy only when tokens moved between the last two scrapes AND requests are running or
+        waiting (a server with nothing in flight that does not answer a completion is not busy, it is stuck
+        before admitting it); hung when nothing moved, or /metrics does not answer."""
         p = self.progress() if self.progress is not None else None
-        if p is not None and p.moving:
+        if p is not None and p.moving and (p.running or 0) + (p.waiting or 0) > 0:
             return self._f(
                 IncidentKind.SATURATED, Severity.P2,
                 f"canary completion times out but the engine makes progress ({p.describe}): saturated, not hung",
