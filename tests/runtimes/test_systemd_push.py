@@ -241,7 +241,8 @@ async def test_daemon_opens_an_incident_from_a_signal(tmp_path: Path, fake_bus: 
     cfg_path = tmp_path / "watchdog.yaml"
     cfg_path.write_text(json.dumps({
         "state_dir": str(tmp_path / "state"), "http": {"enabled": False},
-        "host": {"memory": {"enabled": False}, "gpu": {"enabled": False}, "disk": {"enabled": False}},
+        "host": {"memory": {"enabled": False}, "gpu": {"enabled": False}, "disk": {"enabled": False},
+                 "kernel_log": {"enabled": False}},  # its GPU mapping reads the unit environment once
         "remediation": {"dry_run": True},
         "targets": [{"name": "vllm", "base_url": "http://127.0.0.1:9", "model": "m",
                      "probes": {"liveness": {"enabled": False}, "readiness": {"enabled": False},

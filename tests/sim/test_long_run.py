@@ -116,8 +116,11 @@ def target_healed(sim: Sim, name: str) -> bool:
 
 
 def story(sim: Sim, name: str) -> str:
-    """The target's open incidents and their last history rows, for a failure message."""
-    out = []
+    """The target's state, open incidents and their last history rows, for a failure message."""
+    tw, srv = sim.daemon.targets[name], sim.servers[name]
+    out = [f"server: process={srv.process} fault={srv.fault} healthy={srv.healthy()}; runtime: "
+           f"{sim.runtimes[name].run_state().value}; busy: {sim.daemon.remediator.busy(name)}; probes: "
+           f"{ {k: (t.state.value, t.failures, t.successes) for k, t in tw.trackers.items()} }"]
     for inc in sim.daemon.store.open_incidents(name):
         out.append(f"#{inc.id} {inc.kind} {inc.severity.value}: {inc.summary}")
         out += [f"    {str(ev)[:240]}" for ev in sim.daemon.store.events(inc.id)[-6:]]
