@@ -31,6 +31,7 @@ class ProbeTracker:
         self.grace_until = now + timing.startup_grace_s
         self.started = False  # a first success ends the startup phase
         self.last: ProbeResult | None = None
+        self._skipped = False  # the last run's sample was dropped (see skip)
         self._rng = rng or random.Random()
 
     def arm_startup(self, now: float) -> None:
@@ -58,6 +59,7 @@ class ProbeTracker:
         return result.status
 
     def record(self, result: ProbeResult, now: float) -> ProbeTransition | None:
+        self._skipped = False
         self.last = result
         status = self.effective_status(result, now)
         before: ProbeState = self.state
@@ -88,9 +90,15 @@ class ProbeTracker:
             return ProbeTransition(self.name, before, new, result)
         return None
 
+    def skip(self) -> None:
+        """The last run's sample was dropped (the probe itself broke, or the watchdog's own restart was in
+        progress): it confirms nothing, so it asks for no immediate re-probe."""
+        self._skipped = True
+
     def next_delay(self, now: float) -> float:
-        """Seconds until the next run: re-probe at once while a failure is unconfirmed."""
-        if 0 < self.failures < self.timing.failure_threshold:
+        """Seconds until the next run: re-probe at once while a failure is unconfirmed (never after a
+        dropped sample: a re-probe that is dropped again would spin, e.g. refusals during our restart)."""
+        if 0 < self.failures < self.timing.failure_threshold and not self._skipped:
             return self.timing.reprobe_delay_s
         jitter = self._rng.uniform(0, self.timing.jitter_s) if self.timing.jitter_s > 0 else 0.0
         return self.timing.period_s + jitter

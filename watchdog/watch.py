@@ -132,8 +132,10 @@ class TargetWatch:
         tracker = self.trackers[name]
         result = await self._check(name, tracker.timing.timeout_s)
         if result is None:
+            tracker.skip()
             return None
         if self.restarting and result.status == Status.FAIL:
+            tracker.skip()
             return result  # our own restart is in progress: its refusals are not the server's failures
         now_m = self.clock.monotonic()
         m = self.host.metrics

@@ -102,3 +102,15 @@ def test_jitter_only_delays_and_stays_bounded() -> None:
     delays = [t.next_delay(1.0) for _ in range(200)]
     assert min(delays) >= 10.0 and max(delays) <= 12.0
     assert len(set(delays)) > 1
+
+
+def test_dropped_sample_asks_for_no_reprobe() -> None:
+    """A first failure asks for an immediate re-probe, but a re-probe whose sample is dropped (our own restart
+    in progress, or the probe broke) waits a period: re-probing at once again would spin on instant refusals."""
+    t = tracker()
+    t.record(TIMEOUT, 61.0)
+    assert t.next_delay(61.0) == 0.0
+    t.skip()
+    assert t.next_delay(61.0) == 10.0
+    t.record(TIMEOUT, 71.0)
+    assert t.state == ProbeState.FAILING  # the skipped sample did not reset the count
